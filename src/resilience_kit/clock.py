@@ -1,0 +1,108 @@
+"""Time as the policies see it: a `Clock` protocol and the real `SystemClock`.
+
+Every policy takes a ``clock``; tests pass `resilience_kit.testing.VirtualClock` so that
+retries and breaker timers run without real sleeps.
+
+Example:
+    >>> from resilience_kit.clock import SystemClock
+    >>> clock = SystemClock()
+    >>> clock.monotonic() <= clock.monotonic()
+    True
+"""
+
+from __future__ import annotations
+
+import time as _time
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import anyio
+
+from resilience_kit import _config
+
+__all__ = ("Clock", "SystemClock", "TimerClock", "TimerHandle", "get_clock")
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """What a policy needs from time: a monotonic reading, wall time and sleeping.
+
+    Example:
+        >>> isinstance(SystemClock(), Clock)
+        True
+    """
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards."""
+        ...
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch (for timestamps people read)."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Block the calling thread for ``seconds``."""
+        ...
+
+    async def asleep(self, seconds: float) -> None:
+        """Suspend the calling task for ``seconds``."""
+        ...
+
+
+class TimerHandle(Protocol):
+    """A scheduled callback that can still be called off."""
+
+    def cancel(self) -> None:
+        """Do not run the callback (a no-op once it has run)."""
+        ...
+
+
+@runtime_checkable
+class TimerClock(Clock, Protocol):
+    """A clock that can run a callback when its time reaches a deadline.
+
+    `Timeout` needs it for any clock other than `SystemClock` (whose deadlines the event
+    loop enforces); `resilience_kit.testing.VirtualClock` implements it.
+    """
+
+    def call_at(self, deadline: float, callback: Callable[[], object]) -> TimerHandle:
+        """Run ``callback()`` once `monotonic()` reaches ``deadline``; return a handle."""
+        ...
+
+
+class SystemClock:
+    """The real clock: `time.monotonic`, `time.time`, `time.sleep` and `anyio.sleep`.
+
+    Example:
+        >>> SystemClock().time() > 0
+        True
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+    monotonic = staticmethod(_time.monotonic)
+    time = staticmethod(_time.time)
+    sleep = staticmethod(_time.sleep)
+
+    async def asleep(self, seconds: float) -> None:
+        """Suspend the calling task with `anyio.sleep`."""
+        await anyio.sleep(seconds)
+
+
+SYSTEM_CLOCK = SystemClock()
+
+
+def get_clock() -> Clock:
+    """Return the clock policies use when none was given.
+
+    That is `SystemClock` unless a test installed another one with
+    `resilience_kit.testing.use_clock`.
+
+    Example:
+        >>> get_clock()
+        SystemClock()
+    """
+    return _config.state.clock or SYSTEM_CLOCK

@@ -1,0 +1,548 @@
+"""CircuitBreaker: stop calling a dependency that keeps failing, and probe for recovery."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn
+
+from resilience_kit import _telemetry
+from resilience_kit.clock import Clock
+from resilience_kit.errors import CircuitOpenError, ConfigurationError
+from resilience_kit.policies._backoff import Backoff
+from resilience_kit.policies._base import (
+    ExceptionFilter,
+    ExceptionTypes,
+    P,
+    Policy,
+    R,
+    check_int,
+    check_positive,
+    exception_matcher,
+    resolve_clock,
+)
+from resilience_kit.policies._breaker_store import (
+    BreakerRecord,
+    BreakerStore,
+    CircuitState,
+    InMemoryBreakerStore,
+)
+from resilience_kit.policies._window import FAILURE, SLOW, CountWindow, TimeWindow
+
+CLOSED = CircuitState.CLOSED
+OPEN = CircuitState.OPEN
+HALF_OPEN = CircuitState.HALF_OPEN
+FORCED_OPEN = CircuitState.FORCED_OPEN
+DISABLED = CircuitState.DISABLED
+METRICS_ONLY = CircuitState.METRICS_ONLY
+_ADMIT_FREELY = (CLOSED, DISABLED, METRICS_ONLY)
+
+
+@dataclass(frozen=True, slots=True)
+class StateTransition:
+    """What a breaker hands its listeners when its state changes.
+
+    Attributes:
+        breaker: the breaker's name.
+        from_state: the state it left.
+        to_state: the state it entered.
+        at: when, on the breaker clock's monotonic scale.
+        reason: why, in a few words (``"failure rate 0.60 >= 0.50"``, ``"forced"``...).
+    """
+
+    breaker: str
+    from_state: CircuitState
+    to_state: CircuitState
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerMetrics:
+    """A snapshot of a breaker, computed in O(1) from running totals.
+
+    Attributes:
+        state: the current state.
+        calls: calls recorded in the sliding window.
+        failed_calls: failed calls in the window.
+        slow_calls: slow calls in the window.
+        failure_rate: ``failed_calls / calls``, or ``None`` below ``minimum_calls``.
+        slow_call_rate: ``slow_calls / calls``, or ``None`` below ``minimum_calls``.
+        rejected_calls: calls rejected since the breaker was created.
+        open_until: when an open breaker admits a probe (monotonic), else ``None``.
+    """
+
+    state: CircuitState
+    calls: int
+    failed_calls: int
+    slow_calls: int
+    failure_rate: float | None
+    slow_call_rate: float | None
+    rejected_calls: int
+    open_until: float | None
+
+
+Listener = Callable[[StateTransition], object]
+
+
+class CircuitBreaker(Policy):
+    """Reject calls to a failing dependency for a while, then let a few probes through.
+
+    The model is resilience4j's. While CLOSED, outcomes go into a sliding window (the
+    last ``window`` calls, or the last ``window`` seconds with ``window_type="time"``).
+    Once it holds ``minimum_calls``, a failure rate of ``failure_rate_threshold`` or
+    more, or a slow-call rate of ``slow_call_rate_threshold`` or more, opens the
+    breaker. OPEN rejects every call with `CircuitOpenError` for ``open_for`` seconds
+    (a `Backoff` makes the interval grow with consecutive opens); then HALF_OPEN admits
+    ``half_open_calls`` probes, whose outcomes close the breaker or open it again.
+
+    Cancellation, `KeyboardInterrupt` and `SystemExit` are never counted; exceptions
+    matched by ``ignore_on`` count as neither success nor failure; a result matched by
+    ``record_result`` counts as a failure. No lock is held while the call runs.
+
+    Args:
+        name: identifies the breaker in errors, logs, metrics and a shared store.
+        failure_rate_threshold: in ``(0, 1]``.
+        window: the sliding window's size: calls, or seconds for a time window.
+        window_type: ``"count"`` or ``"time"``.
+        minimum_calls: outcomes needed in the window before rates are judged.
+        slow_call_duration: calls slower than this (seconds) count as slow.
+        slow_call_rate_threshold: in ``(0, 1]``.
+        open_for: seconds to stay open, or a `Backoff` over consecutive opens.
+        half_open_calls: probes admitted while half-open.
+        max_half_open_duration: if the probes have not settled after this long, the
+            breaker opens again (protects against probes that never return).
+        record_on: what counts as a failure (default: any `Exception`).
+        ignore_on: exception types that count as neither success nor failure.
+        record_result: a predicate; a result for which it is ``True`` is a failure.
+        listeners: called with a `StateTransition` on every state change.
+        store: where the state lives; breakers sharing a store and a name act as one.
+        clock: the clock (the virtual clock in tests).
+
+    Raises:
+        ConfigurationError: for a bad parameter; the message names it.
+
+    Example:
+        >>> from resilience_kit import CircuitBreaker, CircuitOpenError
+        >>> breaker = CircuitBreaker("billing", window=4, minimum_calls=2, open_for=30.0)
+        >>> @breaker
+        ... def charge() -> None:
+        ...     raise ConnectionError("billing is down")
+        >>> for _ in range(2):
+        ...     try:
+        ...         charge()
+        ...     except ConnectionError:
+        ...         pass
+        >>> breaker.state
+        <CircuitState.OPEN: 'open'>
+        >>> try:
+        ...     charge()
+        ... except CircuitOpenError as exc:
+        ...     print(round(exc.retry_after))
+        30
+    """
+
+    __slots__ = (
+        "_clock",
+        "_half_open_calls",
+        "_half_open_timeout",
+        "_ignored",
+        "_listeners",
+        "_lock",
+        "_min_calls",
+        "_open_for",
+        "_probe_failures",
+        "_probe_slow",
+        "_probes_admitted",
+        "_probes_done",
+        "_record",
+        "_recorded",
+        "_rejected",
+        "_result_failure",
+        "_slow_after",
+        "_slow_threshold",
+        "_state",
+        "_store",
+        "_threshold",
+        "_timed",
+        "_unsubscribe",
+        "_version",
+        "_window",
+        "name",
+    )
+
+    def __init__(  # noqa: PLR0915  (validation of each parameter, one after another)
+        self,
+        name: str,
+        *,
+        failure_rate_threshold: float = 0.5,
+        window: int = 100,
+        window_type: Literal["count", "time"] = "count",
+        minimum_calls: int = 20,
+        slow_call_duration: float | None = None,
+        slow_call_rate_threshold: float = 1.0,
+        open_for: float | Backoff = 30.0,
+        half_open_calls: int = 5,
+        max_half_open_duration: float | None = None,
+        record_on: ExceptionFilter = Exception,
+        ignore_on: ExceptionTypes = (),
+        record_result: Callable[[Any], bool] | None = None,
+        listeners: Sequence[Listener] = (),
+        store: BreakerStore | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError("name", f"must be a non-empty string, got {name!r}")
+        _check_rate("failure_rate_threshold", failure_rate_threshold)
+        _check_rate("slow_call_rate_threshold", slow_call_rate_threshold)
+        check_int("window", window, minimum=1)
+        if window_type not in ("count", "time"):
+            raise ConfigurationError(
+                "window_type", f"must be 'count' or 'time', got {window_type!r}"
+            )
+        check_int("minimum_calls", minimum_calls, minimum=1)
+        if window_type == "count" and minimum_calls > window:
+            raise ConfigurationError(
+                "minimum_calls",
+                f"must be <= window ({window}) for a count window, got {minimum_calls}; "
+                "the breaker could never open",
+            )
+        check_positive("slow_call_duration", slow_call_duration)
+        if isinstance(open_for, Backoff):
+            if open_for.maximum <= 0:
+                raise ConfigurationError("open_for", "a Backoff must allow a delay > 0")
+        else:
+            check_positive("open_for", open_for)
+        check_int("half_open_calls", half_open_calls, minimum=1)
+        check_positive("max_half_open_duration", max_half_open_duration)
+        if store is not None and not isinstance(store, BreakerStore):
+            raise ConfigurationError("store", f"must implement BreakerStore, got {store!r}")
+        if record_result is not None and not callable(record_result):
+            raise ConfigurationError("record_result", "must be a callable")
+        for listener in listeners:
+            if not callable(listener):
+                raise ConfigurationError("listeners", f"must be callable, got {listener!r}")
+
+        self.name = name
+        self._threshold = float(failure_rate_threshold)
+        self._slow_threshold = float(slow_call_rate_threshold)
+        self._min_calls = minimum_calls
+        self._slow_after = slow_call_duration
+        self._open_for = open_for
+        self._half_open_calls = half_open_calls
+        self._half_open_timeout = max_half_open_duration
+        self._recorded = exception_matcher(record_on, "record_on")
+        ignored = exception_matcher(ignore_on, "ignore_on") if ignore_on != () else None
+        self._ignored = ignored
+        self._result_failure = record_result
+        self._listeners: list[Listener] = list(listeners)
+        self._clock = clock
+        self._window: CountWindow | TimeWindow = (
+            CountWindow(window) if window_type == "count" else TimeWindow(window)
+        )
+        self._timed = window_type == "time" or slow_call_duration is not None
+        self._lock = threading.RLock()
+        self._rejected = 0
+        self._probes_admitted = self._probes_done = 0
+        self._probe_failures = self._probe_slow = 0
+
+        self._store: BreakerStore = store if store is not None else InMemoryBreakerStore()
+        record = self._store.load(name)
+        if record is None:
+            record = self._store.compare_and_set(name, 0, BreakerRecord(CLOSED))
+        self._record = record
+        self._state = record.state
+        self._version = record.version
+        self._unsubscribe: Callable[[], None] | None = None
+        if store is not None:
+            self_ref = weakref.ref(self)
+
+            def on_remote(new: BreakerRecord) -> None:
+                breaker = self_ref()
+                if breaker is not None:
+                    breaker._adopt(new, "changed by another instance")
+
+            self._unsubscribe = self._store.subscribe(name, on_remote)
+            weakref.finalize(self, self._unsubscribe)
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker({self.name!r}, state={self._state.value})"
+
+    # -- public state -------------------------------------------------------------------
+
+    @property
+    def state(self) -> CircuitState:
+        """The current state.
+
+        An OPEN breaker whose interval has passed reads OPEN until the next call turns it
+        HALF_OPEN.
+        """
+        return self._state
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` on every state change; returns a function that removes it."""
+        if not callable(listener):
+            raise ConfigurationError("listener", f"must be callable, got {listener!r}")
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    def metrics(self) -> BreakerMetrics:
+        """A snapshot of the window and state.
+
+        Example:
+            >>> CircuitBreaker("x").metrics().calls
+            0
+        """
+        now = self._now()
+        with self._lock:
+            totals = self._window.totals(now)
+            judged = totals.calls >= self._min_calls
+            return BreakerMetrics(
+                state=self._state,
+                calls=totals.calls,
+                failed_calls=totals.failures,
+                slow_calls=totals.slow,
+                failure_rate=totals.failures / totals.calls if judged else None,
+                slow_call_rate=totals.slow / totals.calls if judged else None,
+                rejected_calls=self._rejected,
+                open_until=self._record.open_until if self._state is OPEN else None,
+            )
+
+    def force_open(self) -> None:
+        """Reject every call until `reset` (an operator's kill switch)."""
+        self._transition(FORCED_OPEN, "forced")
+
+    def disable(self) -> None:
+        """Admit every call and record nothing until `reset`."""
+        self._transition(DISABLED, "disabled")
+
+    def metrics_only(self) -> None:
+        """Record outcomes (for metrics) but never change state, until `reset`."""
+        self._transition(METRICS_ONLY, "metrics only")
+
+    def reset(self) -> None:
+        """Close the breaker and forget its window and its consecutive opens."""
+        self._transition(CLOSED, "reset")
+
+    # -- the decision core ----------------------------------------------------------------
+
+    def _now(self) -> float:
+        return resolve_clock(self._clock).monotonic()
+
+    def _open_duration(self, opens: int) -> float:
+        open_for = self._open_for
+        if isinstance(open_for, Backoff):
+            return max(open_for.delay(opens), 1e-9)
+        return open_for
+
+    def _admit(self) -> int:
+        """Admit a call or raise `CircuitOpenError`; returns the version it was admitted at."""
+        if self._state in _ADMIT_FREELY:
+            return self._version
+        now = self._now()
+        with self._lock:
+            state = self._state
+            if state is OPEN:
+                open_until = self._record.open_until or now
+                if now < open_until:
+                    self._reject(open_until - now)
+                self._transition_locked(HALF_OPEN, "open interval elapsed", now)
+                state = self._state
+            if state is HALF_OPEN:
+                if self._probes_admitted < self._half_open_calls:
+                    self._probes_admitted += 1
+                    return self._version
+                timeout = self._half_open_timeout
+                if timeout is not None and now - self._record.changed_at >= timeout:
+                    self._transition_locked(OPEN, "probes did not settle in time", now)
+                    self._reject((self._record.open_until or now) - now)
+                self._reject(self._probe_hint())
+            if state is FORCED_OPEN:
+                self._reject(None)
+            return self._version  # another thread moved it to an admitting state
+
+    def _probe_hint(self) -> float:
+        """How long a caller turned away while probes run should wait: a short interval."""
+        base = self._open_duration(1)
+        return min(base, self._slow_after or 1.0)
+
+    def _reject(self, retry_after: float | None) -> NoReturn:
+        self._rejected += 1
+        state = self._state
+        _telemetry.emit(_telemetry.BREAKER_REJECTIONS, {"breaker": self.name, "state": state.value})
+        raise CircuitOpenError(self.name, state=state.value, retry_after=retry_after)
+
+    def _outcome_of_exception(self, exc: BaseException) -> int | None:
+        """The outcome flags for an exception; ``None`` means it is not counted."""
+        if not isinstance(exc, Exception):
+            return None  # cancellation, KeyboardInterrupt, SystemExit
+        if self._ignored is not None and self._ignored(exc):
+            return None
+        return FAILURE if self._recorded(exc) else 0
+
+    def _on_exception(self, version: int, exc: BaseException, started: float) -> None:
+        outcome = self._outcome_of_exception(exc)
+        if outcome is None:
+            self._release(version)
+        else:
+            self._on_outcome(version, outcome, started)
+
+    def _on_result(self, version: int, result: object, started: float) -> None:
+        check = self._result_failure
+        outcome = FAILURE if check is not None and check(result) else 0
+        self._on_outcome(version, outcome, started)
+
+    def _release(self, version: int) -> None:
+        """Give back a probe permit for a call that ended without a countable outcome."""
+        if self._state is HALF_OPEN:
+            with self._lock:
+                if self._version == version and self._probes_admitted > 0:
+                    self._probes_admitted -= 1
+
+    def _on_outcome(self, version: int, outcome: int, started: float) -> None:
+        state = self._state
+        if state is DISABLED:
+            return
+        now = self._now() if self._timed else None
+        if self._slow_after is not None and now is not None and now - started >= self._slow_after:
+            outcome |= SLOW
+        with self._lock:
+            if version != self._version:
+                return  # admitted under an earlier state: its outcome is stale
+            if state is HALF_OPEN:
+                self._on_probe(outcome, now)
+                return
+            window = self._window
+            window.record(outcome, 0.0 if now is None else now)
+            if state is not CLOSED or window.calls < self._min_calls:
+                return
+            if window.failures >= self._threshold * window.calls:
+                rate = window.failures / window.calls
+                reason = f"failure rate {rate:.2f} >= {self._threshold:.2f}"
+                self._transition_locked(OPEN, reason, now)
+            elif window.slow >= self._slow_threshold * window.calls and window.slow:
+                rate = window.slow / window.calls
+                reason = f"slow-call rate {rate:.2f} >= {self._slow_threshold:.2f}"
+                self._transition_locked(OPEN, reason, now)
+
+    def _on_probe(self, outcome: int, now: float | None) -> None:
+        self._probes_done += 1
+        self._probe_failures += outcome & FAILURE
+        self._probe_slow += (outcome & SLOW) >> 1
+        total = self._half_open_calls
+        remaining = total - self._probes_done
+        failures, slow = self._probe_failures, self._probe_slow
+        # Decide as soon as the remaining probes can no longer change the verdict.
+        if failures >= self._threshold * total:
+            self._transition_locked(OPEN, f"{failures} of {total} probes failed", now)
+        elif slow and slow >= self._slow_threshold * total:
+            self._transition_locked(OPEN, f"{slow} of {total} probes were slow", now)
+        elif failures + remaining < self._threshold * total and (
+            self._slow_after is None or slow + remaining < self._slow_threshold * total
+        ):
+            self._transition_locked(CLOSED, f"{self._probes_done} probes succeeded", now)
+
+    # -- transitions ------------------------------------------------------------------------
+
+    def _transition(self, to: CircuitState, reason: str) -> None:
+        with self._lock:
+            self._transition_locked(to, reason)
+
+    def _transition_locked(self, to: CircuitState, reason: str, now: float | None = None) -> None:
+        if now is None:
+            now = self._now()
+        current = self._record
+        opens = current.consecutive_opens
+        open_until = None
+        if to is OPEN:
+            opens += 1
+            open_until = now + self._open_duration(opens)
+        elif to is CLOSED:
+            opens = 0
+        new = BreakerRecord(to, current.version + 1, now, open_until, opens)
+        winner = self._store.compare_and_set(self.name, current.version, new)
+        self._adopt(winner, reason if winner == new else "changed by another instance")
+
+    def _adopt(self, record: BreakerRecord, reason: str) -> None:
+        """Make ``record`` this breaker's state if it is newer; reset what it invalidates."""
+        with self._lock:
+            if record.version <= self._version:
+                return
+            previous = self._state
+            self._record = record
+            self._state = record.state
+            self._version = record.version
+            self._probes_admitted = self._probes_done = 0
+            self._probe_failures = self._probe_slow = 0
+            if record.state is CLOSED or record.state is METRICS_ONLY:
+                self._window.reset()
+            listeners = tuple(self._listeners)
+        if previous is record.state:
+            return
+        event = StateTransition(self.name, previous, record.state, record.changed_at, reason)
+        _telemetry.emit(
+            _telemetry.BREAKER_TRANSITIONS,
+            {"breaker": self.name, "from_state": previous.value, "to_state": record.state.value},
+        )
+        log = _telemetry.logger.warning if record.state is OPEN else _telemetry.logger.info
+        log("circuit %r: %s -> %s (%s)", self.name, previous.value, record.state.value, reason)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001, PERF203  (a broken listener must not break calls)
+                _telemetry.logger.exception("circuit %r: a state listener failed", self.name)
+
+    # -- drivers ----------------------------------------------------------------------------
+
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        admit = self._admit
+        on_exception = self._on_exception
+        on_result = self._on_result
+        slow_timer = self._slow_after is not None
+
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            version = admit()
+            started = self._now() if slow_timer else 0.0
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                on_exception(version, exc, started)
+                raise
+            on_result(version, result, started)
+            return result
+
+        return guarded
+
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        admit = self._admit
+        on_exception = self._on_exception
+        on_result = self._on_result
+        slow_timer = self._slow_after is not None
+
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            version = admit()
+            started = self._now() if slow_timer else 0.0
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                on_exception(version, exc, started)
+                raise
+            on_result(version, result, started)
+            return result
+
+        return guarded
+
+
+def _check_rate(parameter: str, value: float) -> None:
+    check_positive(parameter, value)
+    if value > 1:
+        raise ConfigurationError(parameter, f"must be in (0, 1], got {value!r}")

@@ -1,0 +1,137 @@
+"""Where a circuit breaker keeps its state, so that instances can share it."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+class CircuitState(str, enum.Enum):
+    """The states of a `CircuitBreaker`.
+
+    - ``CLOSED``: calls run; outcomes are recorded; too many failures open it.
+    - ``OPEN``: calls are rejected until ``open_for`` has passed.
+    - ``HALF_OPEN``: a few probe calls run; their outcome closes or re-opens it.
+    - ``FORCED_OPEN``: rejected until an operator calls ``reset()``.
+    - ``DISABLED``: calls run; nothing is recorded.
+    - ``METRICS_ONLY``: calls run and are recorded; the state never changes.
+
+    Example:
+        >>> CircuitState.OPEN.value
+        'open'
+    """
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"
+    DISABLED = "disabled"
+    METRICS_ONLY = "metrics_only"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRecord:
+    """The shared part of a breaker's state: what a `BreakerStore` holds.
+
+    Attributes:
+        state: the current state.
+        version: bumped by every transition; stores compare-and-set on it.
+        changed_at: when the state last changed, on the breaker clock's monotonic scale.
+        open_until: when an ``OPEN`` breaker admits its next probe (same scale).
+        consecutive_opens: opens since the breaker was last closed (grows ``open_for``).
+
+    A store shared between processes translates the two timestamps to wall time at its
+    boundary; the breaker itself only ever compares them with its own clock.
+    """
+
+    state: CircuitState
+    version: int = 0
+    changed_at: float = 0.0
+    open_until: float | None = None
+    consecutive_opens: int = 0
+
+
+@runtime_checkable
+class BreakerStore(Protocol):
+    """Keeps `BreakerRecord`s by breaker name; breakers with one name share one record.
+
+    The contract: every method is quick and never blocks on I/O. A store backed by a
+    network service keeps a local mirror, applies writes in the background, and reports
+    changes made elsewhere through ``subscribe``; when it cannot reach its service it
+    keeps answering from the mirror, so the breaker degrades to a local one.
+    """
+
+    def load(self, name: str) -> BreakerRecord | None:
+        """Return the record for ``name``, or ``None`` if there is none yet."""
+        ...
+
+    def compare_and_set(
+        self, name: str, expected_version: int, record: BreakerRecord
+    ) -> BreakerRecord:
+        """Store ``record`` if the stored version is ``expected_version``.
+
+        Returns the record that is current afterwards: ``record`` on success, or the one
+        that won the race.
+        """
+        ...
+
+    def subscribe(self, name: str, callback: Callable[[BreakerRecord], None]) -> Callable[[], None]:
+        """Call ``callback`` with every new record for ``name``; return an unsubscriber."""
+        ...
+
+
+class InMemoryBreakerStore:
+    """A `BreakerStore` in this process: breakers sharing it and a name act as one.
+
+    Example:
+        >>> from resilience_kit import CircuitBreaker
+        >>> store = InMemoryBreakerStore()
+        >>> a = CircuitBreaker("billing", store=store)
+        >>> b = CircuitBreaker("billing", store=store)
+        >>> a.force_open()
+        >>> b.state
+        <CircuitState.FORCED_OPEN: 'forced_open'>
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[str, BreakerRecord] = {}
+        self._subscribers: dict[str, list[Callable[[BreakerRecord], None]]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, name: str) -> BreakerRecord | None:
+        """Return the record for ``name``."""
+        return self._records.get(name)
+
+    def compare_and_set(
+        self, name: str, expected_version: int, record: BreakerRecord
+    ) -> BreakerRecord:
+        """Store ``record`` if the current version is ``expected_version``; notify subscribers."""
+        with self._lock:
+            current = self._records.get(name)
+            current_version = current.version if current is not None else 0
+            if current is not None and current_version != expected_version:
+                return current
+            self._records[name] = record
+            subscribers = list(self._subscribers.get(name, ()))
+        for callback in subscribers:
+            callback(record)
+        return record
+
+    def subscribe(self, name: str, callback: Callable[[BreakerRecord], None]) -> Callable[[], None]:
+        """Register ``callback`` for changes of ``name``."""
+        with self._lock:
+            self._subscribers.setdefault(name, []).append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                callbacks = self._subscribers.get(name, [])
+                if callback in callbacks:
+                    callbacks.remove(callback)
+
+        return unsubscribe

@@ -1,0 +1,68 @@
+"""OpenTelemetry instrumentation: what resilience-kit reports, under which names.
+
+Only ``opentelemetry-api`` is required: until an SDK is installed every instrument is a
+no-op. Nothing is recorded on the happy path (a first-try success, a closed breaker
+admitting a call); events happen when a policy acts.
+
+Metrics (meter ``resilience_kit``), every one a counter:
+
+| name | attributes | counts |
+|---|---|---|
+| ``resilience.retry.attempts`` | ``policy``, ``outcome``, ``reason`` | retries, give-ups |
+| ``resilience.circuit_breaker.transitions`` | ``breaker``, ``from_state``, ``to_state`` | changes |
+| ``resilience.circuit_breaker.rejections`` | ``breaker``, ``state`` | refused calls |
+| ``resilience.bulkhead.rejections`` | ``bulkhead`` | refused calls |
+| ``resilience.timeout.expirations`` | ``timeout`` | cancelled calls |
+| ``resilience.fallback.activations`` | ``fallback``, ``error_type`` | substitutes served |
+| ``resilience.chaos.injections`` | ``chaos``, ``kind`` | injected faults |
+
+For retries, ``outcome`` is ``retry`` (a retry was scheduled; ``reason`` is the error
+type) or ``gave_up`` (``reason`` is ``attempts``, ``deadline``, ``budget`` or
+``retry_after``).
+
+The same events are added to the current span (if one is recording) as span events
+named after the metric without its ``resilience.`` prefix, e.g. ``retry.attempts``.
+Logs go to the ``resilience_kit`` logger.
+
+Example:
+    >>> from opentelemetry.sdk.metrics import MeterProvider
+    >>> from resilience_kit import telemetry
+    >>> telemetry.configure(meter_provider=MeterProvider())
+    >>> telemetry.configure()  # back to the global providers
+"""
+
+from resilience_kit._telemetry import (
+    BREAKER_REJECTIONS as BREAKER_REJECTIONS,
+)
+from resilience_kit._telemetry import (
+    BREAKER_TRANSITIONS as BREAKER_TRANSITIONS,
+)
+from resilience_kit._telemetry import (
+    BULKHEAD_REJECTIONS as BULKHEAD_REJECTIONS,
+)
+from resilience_kit._telemetry import (
+    CHAOS_INJECTIONS as CHAOS_INJECTIONS,
+)
+from resilience_kit._telemetry import (
+    FALLBACK_ACTIVATIONS as FALLBACK_ACTIVATIONS,
+)
+from resilience_kit._telemetry import METER_NAME as METER_NAME
+from resilience_kit._telemetry import RETRY_ATTEMPTS as RETRY_ATTEMPTS
+from resilience_kit._telemetry import (
+    TIMEOUT_EXPIRATIONS as TIMEOUT_EXPIRATIONS,
+)
+from resilience_kit._telemetry import configure as configure
+from resilience_kit._telemetry import logger as logger
+
+__all__ = (
+    "BREAKER_REJECTIONS",
+    "BREAKER_TRANSITIONS",
+    "BULKHEAD_REJECTIONS",
+    "CHAOS_INJECTIONS",
+    "FALLBACK_ACTIVATIONS",
+    "METER_NAME",
+    "RETRY_ATTEMPTS",
+    "TIMEOUT_EXPIRATIONS",
+    "configure",
+    "logger",
+)

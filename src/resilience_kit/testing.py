@@ -1,0 +1,483 @@
+"""Test your resilient code without real sleeps: a virtual clock, switches and chaos.
+
+- `VirtualClock`: time that moves only when something sleeps or a test advances it.
+- `use_clock` and `no_wait`: process-wide switches that apply at once and also work as
+  context managers that restore the previous setting.
+- `ChaosFault`, `ChaosLatency`, `ChaosResult`: policies that inject an exception,
+  latency or a substitute result, at a rate or on a schedule, switchable at run time.
+- pytest fixtures ``virtual_clock`` and ``no_wait`` (registered automatically through
+  the ``pytest11`` entry point; they work with anyio's plugin and pytest-asyncio alike).
+
+Example:
+    >>> from resilience_kit import Backoff, RetryPolicy
+    >>> from resilience_kit.testing import VirtualClock
+    >>> clock = VirtualClock()
+    >>> retry = RetryPolicy(
+    ...     attempts=3, backoff=Backoff.constant(10.0), on=KeyError, clock=clock
+    ... )
+    >>> try:
+    ...     retry.call(lambda: {}["missing"])
+    ... except KeyError:
+    ...     pass
+    >>> clock.monotonic(), clock.sleeps
+    (20.0, [10.0, 10.0])
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import random
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Generic, TypeVar, cast
+
+import anyio
+import anyio.lowlevel
+
+from resilience_kit import _config, _telemetry
+from resilience_kit.clock import Clock
+from resilience_kit.errors import ConfigurationError, InjectedFaultError
+from resilience_kit.policies._base import P, Policy, R, check_positive, resolve_clock
+
+__all__ = (
+    "ChaosFault",
+    "ChaosLatency",
+    "ChaosResult",
+    "Switch",
+    "VirtualClock",
+    "no_wait",
+    "use_clock",
+)
+
+T = TypeVar("T")
+
+
+class _Timer:
+    __slots__ = ("callback", "cancelled", "deadline")
+
+    def __init__(self, deadline: float, callback: Callable[[], object]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class VirtualClock:
+    """A clock for tests: time moves only by sleeping on it or by `advance`.
+
+    With ``auto_advance=True`` (the default) every sleep returns at once, having moved
+    the clock forward by its duration — right for sequential code. Timers set with
+    `call_at` (which `Timeout` and `Bulkhead` use) fire as time passes their deadline,
+    so a sleep that outlasts a timeout is cancelled at the timeout's instant.
+
+    With ``auto_advance=False`` sleepers wait until a test calls `advance` past their
+    wake-up time — right for several concurrent tasks. Time never goes backwards.
+
+    Attributes:
+        sleeps: every sleep requested, in order (for assertions).
+
+    Example:
+        >>> clock = VirtualClock(start=100.0)
+        >>> clock.sleep(5)
+        >>> clock.monotonic()
+        105.0
+        >>> clock.advance(1.5)
+        >>> clock.monotonic(), clock.sleeps
+        (106.5, [5])
+    """
+
+    def __init__(
+        self, start: float = 0.0, *, wall: float = 1_767_225_600.0, auto_advance: bool = True
+    ) -> None:
+        check_positive("start", start, allow_zero=True)
+        check_positive("wall", wall, allow_zero=True)
+        self._now = float(start)
+        self._wall_offset = float(wall) - float(start)
+        self.auto_advance = auto_advance
+        self.sleeps: list[float] = []
+        self._timers: list[tuple[float, int, _Timer]] = []
+        self._sequence = itertools.count()
+        self._lock = threading.RLock()
+        self._moved = threading.Condition(self._lock)
+
+    def __repr__(self) -> str:
+        return f"VirtualClock(now={self._now})"
+
+    def monotonic(self) -> float:
+        """The virtual time."""
+        return self._now
+
+    def time(self) -> float:
+        """Virtual wall time: ``wall`` at ``start``, moving with `monotonic`."""
+        return self._now + self._wall_offset
+
+    def call_at(self, deadline: float, callback: Callable[[], object]) -> _Timer:
+        """Run ``callback()`` when time reaches ``deadline``; return a cancellable handle."""
+        timer = _Timer(deadline, callback)
+        with self._lock:
+            heapq.heappush(self._timers, (deadline, next(self._sequence), timer))
+        if deadline <= self._now:
+            self._fire_due(self._now)
+        return timer
+
+    def _fire_due(self, limit: float) -> bool:
+        """Fire the earliest timer due by ``limit``, moving time to it; tell if one fired."""
+        with self._lock:
+            while self._timers and self._timers[0][2].cancelled:
+                heapq.heappop(self._timers)
+            if not self._timers or self._timers[0][0] > limit:
+                return False
+            deadline, _, timer = heapq.heappop(self._timers)
+            self._now = max(self._now, deadline)
+        timer.cancelled = True
+        timer.callback()
+        return True
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds``, firing due timers and waking due sleepers."""
+        if seconds < 0:
+            raise ValueError(f"time cannot go backwards (advance by {seconds})")
+        target = self._now + seconds
+        while self._fire_due(target):
+            pass
+        with self._lock:
+            self._now = max(self._now, target)
+            self._moved.notify_all()
+
+    def _check(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"cannot sleep a negative time ({seconds})")
+        self.sleeps.append(seconds)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep on virtual time: return at once (auto mode) or when time is advanced."""
+        self._check(seconds)
+        if self.auto_advance:
+            self.advance(seconds)
+            return
+        with self._lock:
+            wake_at = self._now + seconds
+            while self._now < wake_at:
+                self._moved.wait()
+
+    async def asleep(self, seconds: float) -> None:
+        """Sleep on virtual time; a timer firing meanwhile may cancel the caller."""
+        self._check(seconds)
+        target = self._now + seconds
+        if self.auto_advance:
+            while self._fire_due(target):
+                await anyio.lowlevel.checkpoint()  # delivers a cancellation the timer made
+            with self._lock:
+                self._now = max(self._now, target)
+            await anyio.lowlevel.checkpoint()
+            return
+        event = anyio.Event()
+        self.call_at(target, event.set)
+        await event.wait()
+
+
+class Switch:
+    """A setting applied at once; as a context manager it restores the previous one."""
+
+    __slots__ = ("_restore",)
+
+    def __init__(self, restore: Callable[[], None]) -> None:
+        self._restore = restore
+
+    def __enter__(self) -> Switch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._restore()
+
+
+def no_wait(enabled: bool = True) -> Switch:
+    """Make every retry skip its sleeps (process-wide) — at once, or within a ``with``.
+
+    Retries still happen, hooks still see the planned delays; nothing waits.
+
+    Example:
+        >>> from resilience_kit.testing import no_wait
+        >>> with no_wait():
+        ...     pass  # retries in here do not sleep
+    """
+    previous = _config.state.no_wait
+    _config.state.no_wait = enabled
+
+    def restore() -> None:
+        _config.state.no_wait = previous
+
+    return Switch(restore)
+
+
+def use_clock(clock: Clock | None) -> Switch:
+    """Make ``clock`` the clock of every policy built without one — at once, or in a ``with``.
+
+    Example:
+        >>> from resilience_kit.clock import get_clock
+        >>> with use_clock(VirtualClock()):
+        ...     type(get_clock()).__name__
+        'VirtualClock'
+    """
+    previous = _config.state.clock
+    _config.state.clock = clock
+
+    def restore() -> None:
+        _config.state.clock = previous
+
+    return Switch(restore)
+
+
+class _Chaos(Policy):
+    """Shared machinery of the chaos policies: when to inject, switchable at run time."""
+
+    __slots__ = (
+        "_calls",
+        "_clock",
+        "_lock",
+        "_rand",
+        "_schedule",
+        "enabled",
+        "injected",
+        "name",
+        "rate",
+    )
+
+    def __init__(
+        self,
+        *,
+        rate: float,
+        schedule: Iterable[bool] | Callable[[int], bool] | None,
+        enabled: bool,
+        rand: Callable[[], float] | None,
+        clock: Clock | None,
+        name: str | None,
+    ) -> None:
+        check_positive("rate", rate, allow_zero=True)
+        if rate > 1:
+            raise ConfigurationError("rate", f"must be in [0, 1], got {rate!r}")
+        self.rate = float(rate)
+        self._schedule: Iterator[bool] | Callable[[int], bool] | None
+        if schedule is None or callable(schedule):
+            self._schedule = schedule
+        else:
+            self._schedule = iter(schedule)
+        self.enabled = enabled
+        self._rand = rand or random.random
+        self._clock = clock
+        self.name = name or type(self).__name__
+        self._calls = 0
+        self.injected = 0
+        self._lock = threading.Lock()
+
+    def _should_inject(self) -> bool:
+        with self._lock:
+            self._calls += 1
+            if not self.enabled:
+                return False
+            schedule = self._schedule
+            if schedule is None:
+                inject = self.rate >= 1.0 or self._rand() < self.rate
+            elif callable(schedule):
+                inject = bool(schedule(self._calls))
+            else:
+                inject = next(schedule, False)
+            if inject:
+                self.injected += 1
+        if inject:
+            _telemetry.emit(_telemetry.CHAOS_INJECTIONS, {"chaos": self.name, "kind": self._kind})
+        return inject
+
+    _kind = "chaos"
+
+
+class ChaosFault(_Chaos):
+    """Raise an exception instead of calling the function, at a rate or on a schedule.
+
+    Args:
+        exception: an exception type, an instance (copied for each injection, so
+            tracebacks never pile up), or a factory; default `InjectedFaultError`.
+        rate: the probability of injecting, in ``[0, 1]``.
+        schedule: overrides ``rate``: booleans per call in order (no injection once
+            exhausted), or a function of the call number (from 1).
+        enabled: start switched on; flip ``.enabled`` at run time.
+        rand: a random source, for reproducible runs.
+        name: a name for metrics.
+
+    Example:
+        >>> from resilience_kit.testing import ChaosFault
+        >>> chaos = ChaosFault(ConnectionError("injected"), schedule=[True, False])
+        >>> @chaos
+        ... def ping() -> str:
+        ...     return "pong"
+        >>> try:
+        ...     ping()
+        ... except ConnectionError as exc:
+        ...     print(exc)
+        injected
+        >>> ping()
+        'pong'
+    """
+
+    __slots__ = ("_make",)
+    _kind = "fault"
+
+    def __init__(
+        self,
+        exception: BaseException
+        | type[BaseException]
+        | Callable[[], BaseException] = InjectedFaultError,
+        *,
+        rate: float = 1.0,
+        schedule: Iterable[bool] | Callable[[int], bool] | None = None,
+        enabled: bool = True,
+        rand: Callable[[], float] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            rate=rate, schedule=schedule, enabled=enabled, rand=rand, clock=None, name=name
+        )
+        if isinstance(exception, BaseException):
+            template = exception
+
+            def make() -> BaseException:
+                return copy.copy(template).with_traceback(None)
+
+            self._make: Callable[[], BaseException] = make
+        elif isinstance(exception, type) and issubclass(exception, InjectedFaultError):
+
+            def make_default() -> BaseException:
+                return exception(f"fault injected by {self.name}")
+
+            self._make = make_default
+        elif callable(exception):
+            self._make = cast("Callable[[], BaseException]", exception)
+        else:
+            raise ConfigurationError("exception", f"expected an exception, got {exception!r}")
+
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        def faulty(*args: P.args, **kwargs: P.kwargs) -> R:
+            if self._should_inject():
+                raise self._make()
+            return fn(*args, **kwargs)
+
+        return faulty
+
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        async def faulty(*args: P.args, **kwargs: P.kwargs) -> R:
+            if self._should_inject():
+                raise self._make()
+            return await fn(*args, **kwargs)
+
+        return faulty
+
+
+class ChaosLatency(_Chaos):
+    """Sleep ``seconds`` on the policy's clock before calling, at a rate or on a schedule.
+
+    On the virtual clock the delay is instant, but it still trips a `Timeout` and counts
+    as a slow call for a `CircuitBreaker` on the same clock.
+
+    Example:
+        >>> from resilience_kit.testing import ChaosLatency, VirtualClock
+        >>> clock = VirtualClock()
+        >>> slow = ChaosLatency(2.0, clock=clock)
+        >>> slow.call(lambda: "done"), clock.monotonic()
+        ('done', 2.0)
+    """
+
+    __slots__ = ("seconds",)
+    _kind = "latency"
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        rate: float = 1.0,
+        schedule: Iterable[bool] | Callable[[int], bool] | None = None,
+        enabled: bool = True,
+        rand: Callable[[], float] | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        check_positive("seconds", seconds)
+        super().__init__(
+            rate=rate, schedule=schedule, enabled=enabled, rand=rand, clock=clock, name=name
+        )
+        self.seconds = float(seconds)
+
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        def slow(*args: P.args, **kwargs: P.kwargs) -> R:
+            if self._should_inject():
+                resolve_clock(self._clock).sleep(self.seconds)
+            return fn(*args, **kwargs)
+
+        return slow
+
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        async def slow(*args: P.args, **kwargs: P.kwargs) -> R:
+            if self._should_inject():
+                await resolve_clock(self._clock).asleep(self.seconds)
+            return await fn(*args, **kwargs)
+
+        return slow
+
+
+class ChaosResult(_Chaos, Generic[T]):
+    """Return a substitute result without calling the function, at a rate or on a schedule.
+
+    Example:
+        >>> from resilience_kit.testing import ChaosResult
+        >>> stale = ChaosResult(value={"plan": "free"}, rate=1.0)
+        >>> stale.call(lambda: {"plan": "pro"})
+        {'plan': 'free'}
+    """
+
+    __slots__ = ("_produce",)
+    _kind = "result"
+
+    def __init__(
+        self,
+        value: T | None = None,
+        *,
+        factory: Callable[[], T] | None = None,
+        rate: float = 1.0,
+        schedule: Iterable[bool] | Callable[[int], bool] | None = None,
+        enabled: bool = True,
+        rand: Callable[[], float] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            rate=rate, schedule=schedule, enabled=enabled, rand=rand, clock=None, name=name
+        )
+        if factory is not None and value is not None:
+            raise ConfigurationError("factory", "give value= or factory=, not both")
+        if factory is not None and not callable(factory):
+            raise ConfigurationError("factory", f"must be callable, got {factory!r}")
+        self._produce: Callable[[], Any] = factory if factory is not None else (lambda: value)
+
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        def replaced(*args: P.args, **kwargs: P.kwargs) -> R:
+            if self._should_inject():
+                return self._produce()  # type: ignore[no-any-return]
+            return fn(*args, **kwargs)
+
+        return replaced
+
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        async def replaced(*args: P.args, **kwargs: P.kwargs) -> R:
+            if self._should_inject():
+                return self._produce()  # type: ignore[no-any-return]
+            return await fn(*args, **kwargs)
+
+        return replaced
