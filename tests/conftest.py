@@ -5,6 +5,9 @@ from collections.abc import Iterator
 import pytest
 
 from resilience_kit import _config
+from tests.servers import redis_url
+
+__all__ = ("redis_url",)
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -14,6 +14,13 @@ Jitter = Literal["none", "full", "equal", "decorrelated"]
 _JITTERS = ("none", "full", "equal", "decorrelated")
 
 
+def _check_seconds(parameter: str, value: float, *, allow_zero: bool = True) -> None:
+    """Like `check_positive`, but ``None`` is no default here: it is an error."""
+    if value is None:
+        raise ConfigurationError(parameter, "must be a number, got None")
+    check_positive(parameter, value, allow_zero=allow_zero)
+
+
 class Backoff:
     """An immutable backoff schedule; build one with a class method.
 
@@ -26,7 +33,7 @@ class Backoff:
     - ``"none"``: exactly the base delay.
     - ``"full"``: uniform in ``[0, base]``.
     - ``"equal"``: uniform in ``[base / 2, base]``.
-    - ``"decorrelated"``: uniform in ``[initial, 3 * previous]``, capped at ``maximum``.
+    - ``"decorrelated"``: uniform in ``[initial, min(maximum, 3 * previous)]``.
 
     Example:
         >>> b = Backoff.exponential(initial=0.1, maximum=1.0, jitter="none")
@@ -47,10 +54,10 @@ class Backoff:
         jitter: Jitter = "none",
         sequence: tuple[float, ...] = (),
     ) -> None:
-        check_positive("initial", initial, allow_zero=True)
-        check_positive("step", step, allow_zero=True)
-        check_positive("maximum", maximum, allow_zero=True)
-        check_positive("multiplier", multiplier)
+        _check_seconds("initial", initial)
+        _check_seconds("step", step)
+        _check_seconds("maximum", maximum)
+        _check_seconds("multiplier", multiplier, allow_zero=False)
         if multiplier < 1:
             raise ConfigurationError("multiplier", f"must be >= 1, got {multiplier!r}")
         if jitter not in _JITTERS:
@@ -85,6 +92,7 @@ class Backoff:
             >>> Backoff.constant(0.5).delay(7)
             0.5
         """
+        _check_seconds("delay", delay)
         return cls("constant", initial=delay, maximum=delay, jitter=jitter)
 
     @classmethod
@@ -136,11 +144,16 @@ class Backoff:
             >>> [b.delay(n) for n in (1, 2, 3, 4)]
             [0.1, 1.0, 5.0, 5.0]
         """
-        values = tuple(delays)
+        try:
+            values = tuple(delays)
+        except TypeError:
+            raise ConfigurationError(
+                "delays", f"must be a sequence of seconds, got {delays!r}"
+            ) from None
         if not values:
             raise ConfigurationError("delays", "must not be empty")
         for value in values:
-            check_positive("delays", value, allow_zero=True)
+            _check_seconds("delays", value)
         return cls(
             "fixed", initial=min(values), maximum=max(values), sequence=tuple(map(float, values))
         )
@@ -161,12 +174,22 @@ class Backoff:
             raise ValueError(f"retry numbers start at 1, got {retry}")
         kind = self._kind
         if kind == "exponential":
-            try:
-                value = self._initial * self._multiplier ** (retry - 1)
-            except OverflowError:
-                return self._maximum
+            if self._initial == 0.0 or self._multiplier == 1.0:
+                # Constant schedules: a huge retry number must not overflow into the cap.
+                value = self._initial
+            else:
+                try:
+                    value = self._initial * self._multiplier ** (retry - 1)
+                except OverflowError:  # a growing schedule passed the cap long ago
+                    return self._maximum
         elif kind == "linear":
-            value = self._initial + self._step * (retry - 1)
+            if self._step == 0.0:
+                value = self._initial
+            else:
+                try:
+                    value = self._initial + self._step * (retry - 1)
+                except OverflowError:  # retry too large for a float: far past the cap
+                    return self._maximum
         elif kind == "fixed":
             value = self._sequence[min(retry, len(self._sequence)) - 1]
         else:  # constant and none
@@ -194,9 +217,13 @@ class Backoff:
         """
         jitter = self._jitter
         if jitter == "decorrelated":
+            if retry < 1:
+                raise ValueError(f"retry numbers start at 1, got {retry}")
             low = self._initial
-            high = max(low, 3.0 * (previous if previous is not None else low))
-            return min(self._maximum, low + (high - low) * rand())
+            # Cap before drawing: a huge previous delay (a retry-after hint) cannot turn
+            # the draw into inf or NaN, and every delay stays in [initial, maximum].
+            high = min(self._maximum, max(low, 3.0 * (previous if previous is not None else low)))
+            return min(high, low + (high - low) * rand())
         base = self.base(retry)
         if jitter == "none":
             return base

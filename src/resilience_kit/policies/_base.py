@@ -7,7 +7,7 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from resilience_kit import _config
 from resilience_kit.clock import SYSTEM_CLOCK, Clock
@@ -48,8 +48,10 @@ def exception_matcher(value: ExceptionFilter, parameter: str) -> Callable[[BaseE
             if not (isinstance(item, type) and issubclass(item, BaseException)):
                 raise ConfigurationError(parameter, f"expected exception types, got {item!r}")
         types = value
+    elif isinstance(value, type):
+        raise ConfigurationError(parameter, f"expected exception types, got {value!r}")
     elif callable(value):
-        return cast("Callable[[BaseException], bool]", value)
+        return value
     else:
         raise ConfigurationError(
             parameter, f"expected an exception type, a tuple of them or a predicate, got {value!r}"
@@ -122,7 +124,11 @@ class Policy(ABC):
         return self._wrap_sync(fn)(*args, **kwargs)
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Await ``fn(*args, **kwargs)`` once under this policy."""
+        """Await ``fn(*args, **kwargs)`` once under this policy.
+
+        ``fn`` may be any callable returning an awaitable, such as a lambda around a
+        client call: ``await retry.acall(lambda: client.get(url))``.
+        """
         wrapped: Callable[P, Coroutine[Any, Any, R]] = self._wrap_async(fn)
         return await wrapped(*args, **kwargs)
 

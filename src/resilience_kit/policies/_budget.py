@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from resilience_kit.clock import Clock
+from resilience_kit.errors import ConfigurationError
 from resilience_kit.policies._base import check_int, check_positive, resolve_clock
 
 
@@ -12,13 +13,16 @@ class RetryBudget:
     """Allow retries only while they stay under a fraction of recent calls.
 
     A budget is shared by every `RetryPolicy` given it, so that when a dependency goes
-    down the retries of all callers together stay bounded: no retry storm. Over the
-    last ``window`` seconds, retries are allowed while
+    down the retries of all callers together stay bounded: no retry storm. Within the
+    last ``window`` seconds, the retries granted never exceed
 
-        retries < min_retries_per_second * window + ratio * calls
+        min_retries_per_second * window + ratio * calls
 
-    where ``calls`` counts first attempts. When the budget is spent, a failing call
-    gives up at once and its exception propagates. (Finagle and gRPC use the same rule.)
+    where ``calls`` counts first attempts: a retry is granted only if it still fits.
+    When the budget is spent, a failing call gives up at once and its exception
+    propagates. (Finagle's retry budget works the same way.) The window slides in
+    ``buckets`` steps: a call or retry leaves it between ``window * (1 - 1 / buckets)``
+    and ``window`` seconds after it happened.
 
     Args:
         ratio: retries allowed per call, e.g. ``0.2`` for 20%.
@@ -37,7 +41,7 @@ class RetryBudget:
     """
 
     __slots__ = (
-        "_bucket_width",
+        "_buckets",
         "_calls",
         "_clock",
         "_current",
@@ -59,6 +63,13 @@ class RetryBudget:
         buckets: int = 10,
         clock: Clock | None = None,
     ) -> None:
+        for parameter, value in (
+            ("ratio", ratio),
+            ("min_retries_per_second", min_retries_per_second),
+            ("window", window),
+        ):
+            if value is None:
+                raise ConfigurationError(parameter, "must be a number, got None")
         check_positive("ratio", ratio, allow_zero=True)
         check_positive("min_retries_per_second", min_retries_per_second, allow_zero=True)
         check_positive("window", window)
@@ -66,7 +77,7 @@ class RetryBudget:
         self._ratio = float(ratio)
         self._floor = float(min_retries_per_second) * float(window)
         self.window = float(window)
-        self._bucket_width = float(window) / buckets
+        self._buckets = buckets
         self._calls = [0] * buckets
         self._retries = [0] * buckets
         self._total_calls = 0
@@ -77,7 +88,9 @@ class RetryBudget:
 
     def _advance(self, now: float) -> int:
         """Move the window to ``now``, zeroing buckets that fell out; return the index."""
-        tick = int(now // self._bucket_width)
+        # Not `now // (window / buckets)`: 1.0 // 0.1 is 9.0, which would keep a bucket
+        # in the window after its time is up.
+        tick = int(now * self._buckets // self.window)
         current = self._current
         size = len(self._calls)
         if current is None or tick - current >= size:
@@ -107,7 +120,9 @@ class RetryBudget:
         now = resolve_clock(self._clock).monotonic()
         with self._lock:
             slot = self._advance(now)
-            if self._total_retries >= self._floor + self._ratio * self._total_calls:
+            allowed = self._floor + self._ratio * self._total_calls
+            # The epsilon absorbs float rounding: 0.29 * 100 must still allow 29 retries.
+            if self._total_retries + 1 > allowed + 1e-9:
                 return False
             self._retries[slot] += 1
             self._total_retries += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -39,7 +39,7 @@ class RetryEvent:
         delay: seconds the policy will wait before the next attempt (0 in no-wait mode
             is still reported as planned).
         elapsed: seconds since the first attempt started (``0.0`` unless the policy
-            has a deadline or a budget that reads the clock).
+            has a deadline); in no-wait mode the skipped waits count as elapsed.
         exception: what the attempt raised, or ``None`` when a result was rejected.
         result: the rejected result, when ``exception`` is ``None``.
     """
@@ -58,9 +58,10 @@ RetryHook = Callable[[RetryEvent], object]
 def retry_after_hint(exc: BaseException) -> float | None:
     """Read a server-given delay from an exception's ``retry_after`` attribute.
 
-    Seconds (int or float) and `datetime.timedelta` are understood; anything else is
-    ignored. `CircuitOpenError` carries one, so a retry waits for the breaker's next
-    probe rather than hammering it.
+    Seconds (int or float) and `datetime.timedelta` are understood; anything else
+    (``bool``, NaN, infinity, other types) is ignored, and negative values count as
+    zero. `CircuitOpenError` carries one, so a retry waits for the breaker's next probe
+    rather than hammering it.
 
     Example:
         >>> class Throttled(Exception):
@@ -68,12 +69,20 @@ def retry_after_hint(exc: BaseException) -> float | None:
         >>> retry_after_hint(Throttled())
         2.0
     """
-    value = getattr(exc, "retry_after", None)
+    return _hint_seconds(getattr(exc, "retry_after", None))
+
+
+def _hint_seconds(value: object) -> float | None:
+    """A retry-after value as seconds >= 0, or ``None`` when it is not a usable number."""
     if isinstance(value, timedelta):
         return max(0.0, value.total_seconds())
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
-        return max(0.0, float(value))
-    return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float is no usable delay
+        return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _resolve_hooks(hooks: RetryHook | Sequence[RetryHook] | None) -> tuple[RetryHook, ...]:
@@ -81,7 +90,12 @@ def _resolve_hooks(hooks: RetryHook | Sequence[RetryHook] | None) -> tuple[Retry
         return ()
     if callable(hooks):
         return (hooks,)
-    result = tuple(hooks)
+    try:
+        result = tuple(hooks)
+    except TypeError:
+        raise ConfigurationError(
+            "before_sleep", f"expected a callable or a sequence of them, got {hooks!r}"
+        ) from None
     for hook in result:
         if not callable(hook):
             raise ConfigurationError("before_sleep", f"hooks must be callable, got {hook!r}")
@@ -101,7 +115,8 @@ class RetryPolicy(Policy):
         attempts: the most attempts in total (the first call included); ``None``
             means no count limit, and then a ``deadline`` is required.
         deadline: a total time budget in seconds: no attempt starts after it, and no
-            sleep runs past it.
+            sleep runs past it. In no-wait mode the skipped waits still count against
+            it, so a test makes as many attempts as production would.
         on: exception types to retry, or a predicate on the exception.
         retry_if_result: a predicate; when it returns ``True`` for a result, retry.
         backoff: the delay schedule (default: exponential, full jitter, 0.1 s to 30 s).
@@ -177,6 +192,13 @@ class RetryPolicy(Policy):
             raise ConfigurationError("budget", f"must be a RetryBudget, got {budget!r}")
         if retry_if_result is not None and not callable(retry_if_result):
             raise ConfigurationError("retry_if_result", "must be a callable")
+        if retry_after is not None and not callable(retry_after):
+            raise ConfigurationError("retry_after", f"must be a callable, got {retry_after!r}")
+        if rand is not None and not callable(rand):
+            raise ConfigurationError("rand", f"must be a callable, got {rand!r}")
+        if isinstance(on, type) and not issubclass(on, BaseException):
+            # A class is callable, so it would otherwise pass for a predicate.
+            raise ConfigurationError("on", f"expected exception types, got {on!r}")
         self._attempts = attempts
         self._deadline = deadline
         self._matches = exception_matcher(on, "on")
@@ -227,7 +249,7 @@ class RetryPolicy(Policy):
         else:
             delay = self._backoff.delay(attempt, previous, self._rand)
             hint = (
-                self._retry_after(exc)
+                _hint_seconds(self._retry_after(exc))
                 if exc is not None and self._retry_after is not None
                 else None
             )
@@ -273,9 +295,6 @@ class RetryPolicy(Policy):
             _error_name(exc),
         )
 
-    def _should_sleep(self, delay: float) -> bool:
-        return delay > 0.0 and not _config.state.no_wait
-
     # -- drivers ------------------------------------------------------------------------
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
@@ -302,8 +321,11 @@ class RetryPolicy(Policy):
                     delay = next_delay(attempt, started, delay, None, result)
                     if delay is None:
                         raise RetryExhaustedError(attempts=attempt, last_result=result)
-                if self._should_sleep(delay):
-                    resolve_clock(self._clock).sleep(delay)
+                if delay > 0.0:
+                    if _config.state.no_wait:
+                        started -= delay  # a skipped wait still counts against the deadline
+                    else:
+                        resolve_clock(self._clock).sleep(delay)
                 attempt += 1
 
         return retrying
@@ -332,8 +354,11 @@ class RetryPolicy(Policy):
                     delay = next_delay(attempt, started, delay, None, result)
                     if delay is None:
                         raise RetryExhaustedError(attempts=attempt, last_result=result)
-                if self._should_sleep(delay):
-                    await resolve_clock(self._clock).asleep(delay)
+                if delay > 0.0:
+                    if _config.state.no_wait:
+                        started -= delay  # a skipped wait still counts against the deadline
+                    else:
+                        await resolve_clock(self._clock).asleep(delay)
                 attempt += 1
 
         return retrying
@@ -403,7 +428,7 @@ class Attempts:
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._policy = policy
-        self._started: float | None = None
+        self._started = 0.0
         self._last: Attempt | None = None
         self._delay: float | None = None
         self._done = False
@@ -411,13 +436,14 @@ class Attempts:
     def _finish(self, attempt: Attempt, exc: BaseException | None) -> bool:
         """Record an attempt's outcome; ``True`` swallows its exception to retry."""
         policy = self._policy
-        started = self._started if self._started is not None else 0.0
         if exc is None:
             check = policy._retry_if_result
             if check is None or not check(attempt._result):
                 self._done = True
                 return False
-            delay = policy._next_delay(attempt.number, started, self._delay, None, attempt._result)
+            delay = policy._next_delay(
+                attempt.number, self._started, self._delay, None, attempt._result
+            )
             if delay is None:
                 self._done = True
                 raise RetryExhaustedError(attempts=attempt.number, last_result=attempt._result)
@@ -426,33 +452,47 @@ class Attempts:
         if not policy._retryable(exc):
             self._done = True
             return False
-        delay = policy._next_delay(attempt.number, started, self._delay, exc)
+        delay = policy._next_delay(attempt.number, self._started, self._delay, exc)
         if delay is None:
             self._done = True
             return False
         self._delay = delay
         return True
 
-    def _next_attempt(self) -> Attempt | None:
-        """The next attempt, or ``None`` when done; the caller sleeps ``_delay`` first."""
+    def _next_attempt(self) -> tuple[Attempt | None, float]:
+        """The next attempt (``None`` when done) and how long to sleep before it."""
         last = self._last
         if last is None:
             self._started = self._policy._start()
             self._last = Attempt(self, 1)
-            return self._last
+            return self._last, 0.0
         if self._done or not last.entered:
-            return None
+            return None, 0.0
         self._last = Attempt(self, last.number + 1)
-        return self._last
+        delay = self._delay or 0.0
+        if delay > 0.0 and _config.state.no_wait:
+            self._started -= delay  # a skipped wait still counts against the deadline
+            delay = 0.0
+        return self._last, delay
 
-    def __iter__(self) -> Iterator[Attempt]:
-        while (attempt := self._next_attempt()) is not None:
-            if attempt.number > 1 and self._delay and self._policy._should_sleep(self._delay):
-                resolve_clock(self._policy._clock).sleep(self._delay)
-            yield attempt
+    def __iter__(self) -> Attempts:
+        return self
 
-    async def __aiter__(self) -> AsyncIterator[Attempt]:
-        while (attempt := self._next_attempt()) is not None:
-            if attempt.number > 1 and self._delay and self._policy._should_sleep(self._delay):
-                await resolve_clock(self._policy._clock).asleep(self._delay)
-            yield attempt
+    def __next__(self) -> Attempt:
+        attempt, delay = self._next_attempt()
+        if attempt is None:
+            raise StopIteration
+        if delay > 0.0:
+            resolve_clock(self._policy._clock).sleep(delay)
+        return attempt
+
+    def __aiter__(self) -> Attempts:
+        return self
+
+    async def __anext__(self) -> Attempt:
+        attempt, delay = self._next_attempt()
+        if attempt is None:
+            raise StopAsyncIteration
+        if delay > 0.0:
+            await resolve_clock(self._policy._clock).asleep(delay)
+        return attempt
