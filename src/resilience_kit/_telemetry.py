@@ -32,6 +32,7 @@ _DESCRIPTIONS = {
 }
 
 logger = logging.getLogger("resilience_kit")
+logger.addHandler(logging.NullHandler())  # a library never prints unless configured
 
 _meter_provider: MeterProvider | None = None
 _tracer_provider: TracerProvider | None = None

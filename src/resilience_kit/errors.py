@@ -48,6 +48,11 @@ class ResilienceError(Exception):
         BulkheadFullError
     """
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default rebuilds with ``type(self)(*self.args)``, which our keyword-only
+        # constructors refuse; rebuild without __init__ so copy and pickle keep working.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
 
 class ConfigurationError(ResilienceError, ValueError):
     """Raised when a policy is constructed with an invalid parameter.
@@ -161,3 +166,11 @@ class InjectedFaultError(ResilienceError):
         >>> str(InjectedFaultError("chaos"))
         'chaos'
     """
+
+
+def _rebuild(cls: type[ResilienceError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    """Recreate an error from its class, ``args`` and attributes (for copy and pickle)."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import heapq
 import itertools
+import math
 import random
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -122,7 +123,8 @@ class VirtualClock:
         with self._lock:
             heapq.heappush(self._timers, (deadline, next(self._sequence), timer))
         if deadline <= self._now:
-            self._fire_due(self._now)
+            while self._fire_due(self._now):
+                pass
         return timer
 
     def _fire_due(self, limit: float) -> bool:
@@ -140,7 +142,7 @@ class VirtualClock:
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, firing due timers and waking due sleepers."""
-        if seconds < 0:
+        if math.isnan(seconds) or seconds < 0:
             raise ValueError(f"time cannot go backwards (advance by {seconds})")
         target = self._now + seconds
         while self._fire_due(target):
@@ -150,17 +152,20 @@ class VirtualClock:
             self._moved.notify_all()
 
     def _check(self, seconds: float) -> None:
-        if seconds < 0:
+        if math.isnan(seconds) or seconds < 0:
             raise ValueError(f"cannot sleep a negative time ({seconds})")
         self.sleeps.append(seconds)
 
     def sleep(self, seconds: float) -> None:
         """Sleep on virtual time: return at once (auto mode) or when time is advanced."""
-        self._check(seconds)
         if self.auto_advance:
+            self._check(seconds)
             self.advance(seconds)
             return
         with self._lock:
+            # Recorded under the lock with the wake-up time, so that a test that sees the
+            # sleep in `sleeps` and then advances cannot slip in before it is counted.
+            self._check(seconds)
             wake_at = self._now + seconds
             while self._now < wake_at:
                 self._moved.wait()
@@ -177,8 +182,11 @@ class VirtualClock:
             await anyio.lowlevel.checkpoint()
             return
         event = anyio.Event()
-        self.call_at(target, event.set)
-        await event.wait()
+        timer = self.call_at(target, event.set)
+        try:
+            await event.wait()
+        finally:
+            timer.cancel()  # a cancelled sleeper leaves no timer behind
 
 
 class Switch:
@@ -280,6 +288,12 @@ class _Chaos(Policy):
         self.injected = 0
         self._lock = threading.Lock()
 
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, rate={self.rate}, "
+            f"enabled={self.enabled}, injected={self.injected})"
+        )
+
     def _should_inject(self) -> bool:
         with self._lock:
             self._calls += 1
@@ -351,8 +365,20 @@ class ChaosFault(_Chaos):
             template = exception
 
             def make() -> BaseException:
-                return copy.copy(template).with_traceback(None)
+                fresh = copy.copy(template).with_traceback(None)
+                notes = getattr(fresh, "__notes__", None)
+                if notes is not None:
+                    vars(fresh)["__notes__"] = list(notes)  # notes added to a copy stay on it
+                return fresh
 
+            try:
+                make()
+            except Exception as exc:
+                raise ConfigurationError(
+                    "exception",
+                    f"{exception!r} cannot be copied for each injection; "
+                    "pass a factory (a function returning a new exception) instead",
+                ) from exc
             self._make: Callable[[], BaseException] = make
         elif isinstance(exception, type) and issubclass(exception, InjectedFaultError):
 
@@ -360,6 +386,8 @@ class ChaosFault(_Chaos):
                 return exception(f"fault injected by {self.name}")
 
             self._make = make_default
+        elif isinstance(exception, type) and not issubclass(exception, BaseException):
+            raise ConfigurationError("exception", f"expected an exception, got {exception!r}")
         elif callable(exception):
             self._make = cast("Callable[[], BaseException]", exception)
         else:

@@ -6,7 +6,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 from resilience_kit import _telemetry
 from resilience_kit.clock import Clock
@@ -38,6 +38,10 @@ FORCED_OPEN = CircuitState.FORCED_OPEN
 DISABLED = CircuitState.DISABLED
 METRICS_ONLY = CircuitState.METRICS_ONLY
 _ADMIT_FREELY = (CLOSED, DISABLED, METRICS_ONLY)
+_NAMES = {state: state.value for state in CircuitState}  # enum's .value is a slow property
+_OTHER_INSTANCE = "changed by another instance"
+# How often one call retries a transition it lost to another writer before giving up.
+_MAX_RACES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +104,8 @@ class CircuitBreaker(Policy):
 
     Cancellation, `KeyboardInterrupt` and `SystemExit` are never counted; exceptions
     matched by ``ignore_on`` count as neither success nor failure; a result matched by
-    ``record_result`` counts as a failure. No lock is held while the call runs.
+    ``record_result`` counts as a failure. No lock is held while the call runs, nor
+    while the store or a listener is called.
 
     Args:
         name: identifies the breaker in errors, logs, metrics and a shared store.
@@ -108,7 +113,7 @@ class CircuitBreaker(Policy):
         window: the sliding window's size: calls, or seconds for a time window.
         window_type: ``"count"`` or ``"time"``.
         minimum_calls: outcomes needed in the window before rates are judged.
-        slow_call_duration: calls slower than this (seconds) count as slow.
+        slow_call_duration: calls taking this long or longer (seconds) count as slow.
         slow_call_rate_threshold: in ``(0, 1]``.
         open_for: seconds to stay open, or a `Backoff` over consecutive opens.
         half_open_calls: probes admitted while half-open.
@@ -150,6 +155,7 @@ class CircuitBreaker(Policy):
         "_half_open_timeout",
         "_ignored",
         "_listeners",
+        "_local",
         "_lock",
         "_min_calls",
         "_open_for",
@@ -221,6 +227,10 @@ class CircuitBreaker(Policy):
             raise ConfigurationError("store", f"must implement BreakerStore, got {store!r}")
         if record_result is not None and not callable(record_result):
             raise ConfigurationError("record_result", "must be a callable")
+        if callable(listeners) or isinstance(listeners, str):
+            raise ConfigurationError(
+                "listeners", f"must be a sequence of callables, got {listeners!r}"
+            )
         for listener in listeners:
             if not callable(listener):
                 raise ConfigurationError("listeners", f"must be callable, got {listener!r}")
@@ -243,7 +253,10 @@ class CircuitBreaker(Policy):
             CountWindow(window) if window_type == "count" else TimeWindow(window)
         )
         self._timed = window_type == "time" or slow_call_duration is not None
-        self._lock = threading.RLock()
+        # Never held while calling out (the call, the store, listeners): a plain Lock.
+        self._lock = threading.Lock()
+        # The record this thread is writing, and why (see _on_store_change).
+        self._local = threading.local()
         self._rejected = 0
         self._probes_admitted = self._probes_done = 0
         self._probe_failures = self._probe_slow = 0
@@ -259,12 +272,12 @@ class CircuitBreaker(Policy):
         if store is not None:
             self_ref = weakref.ref(self)
 
-            def on_remote(new: BreakerRecord) -> None:
+            def on_store_change(new: BreakerRecord) -> None:
                 breaker = self_ref()
                 if breaker is not None:
-                    breaker._adopt(new, "changed by another instance")
+                    breaker._on_store_change(new)
 
-            self._unsubscribe = self._store.subscribe(name, on_remote)
+            self._unsubscribe = self._store.subscribe(name, on_store_change)
             weakref.finalize(self, self._unsubscribe)
 
     def __repr__(self) -> str:
@@ -334,6 +347,12 @@ class CircuitBreaker(Policy):
         self._transition(CLOSED, "reset")
 
     # -- the decision core ----------------------------------------------------------------
+    #
+    # The lock guards the local bookkeeping (window, probe counters, the adopted record)
+    # and is only ever held for a few attribute updates. Deciding happens under it; the
+    # transition itself goes through the store's compare-and-set after it is released,
+    # so neither the store, nor another breaker sharing it, nor a listener ever runs
+    # under this lock (no lock-order cycles between breakers sharing a store).
 
     def _now(self) -> float:
         return resolve_clock(self._clock).monotonic()
@@ -345,41 +364,50 @@ class CircuitBreaker(Policy):
         return open_for
 
     def _admit(self) -> int:
-        """Admit a call or raise `CircuitOpenError`; returns the version it was admitted at."""
-        if self._state in _ADMIT_FREELY:
-            return self._version
+        """Admit a call or raise `CircuitOpenError`; returns the version it was admitted at.
+
+        The drivers call it only when the state is not one that admits freely; they read
+        the version before the state because _adopt writes it last, so a fresh version
+        implies a fresh state.
+        """
         now = self._now()
-        with self._lock:
-            state = self._state
-            if state is OPEN:
-                open_until = self._record.open_until or now
-                if now < open_until:
-                    self._reject(open_until - now)
-                self._transition_locked(HALF_OPEN, "open interval elapsed", now)
+        for _ in range(_MAX_RACES):
+            with self._lock:
+                current = self._record
                 state = self._state
-            if state is HALF_OPEN:
-                if self._probes_admitted < self._half_open_calls:
-                    self._probes_admitted += 1
-                    return self._version
-                timeout = self._half_open_timeout
-                if timeout is not None and now - self._record.changed_at >= timeout:
-                    self._transition_locked(OPEN, "probes did not settle in time", now)
-                    self._reject((self._record.open_until or now) - now)
-                self._reject(self._probe_hint())
-            if state is FORCED_OPEN:
-                self._reject(None)
-            return self._version  # another thread moved it to an admitting state
+                if state is OPEN:
+                    open_until = current.open_until
+                    if open_until is not None and now < open_until:
+                        raise self._rejection(open_until - now)
+                    to, reason = HALF_OPEN, "open interval elapsed"
+                elif state is HALF_OPEN:
+                    if self._probes_admitted < self._half_open_calls:
+                        self._probes_admitted += 1
+                        return self._version
+                    timeout = self._half_open_timeout
+                    if timeout is None or now - current.changed_at < timeout:
+                        raise self._rejection(self._probe_hint())
+                    to, reason = OPEN, "probes did not settle in time"
+                elif state is FORCED_OPEN:
+                    raise self._rejection(None)
+                else:
+                    return self._version  # another thread moved it to an admitting state
+            self._change(current, to, reason, now)
+        # Every transition lost to another writer: refuse rather than spin.
+        with self._lock:
+            raise self._rejection(self._probe_hint())
 
     def _probe_hint(self) -> float:
         """How long a caller turned away while probes run should wait: a short interval."""
         base = self._open_duration(1)
         return min(base, self._slow_after or 1.0)
 
-    def _reject(self, retry_after: float | None) -> NoReturn:
+    def _rejection(self, retry_after: float | None) -> CircuitOpenError:
+        """Count a rejection (under the lock) and build a fresh error for it."""
         self._rejected += 1
-        state = self._state
-        _telemetry.emit(_telemetry.BREAKER_REJECTIONS, {"breaker": self.name, "state": state.value})
-        raise CircuitOpenError(self.name, state=state.value, retry_after=retry_after)
+        state = _NAMES[self._state]
+        _telemetry.emit(_telemetry.BREAKER_REJECTIONS, {"breaker": self.name, "state": state})
+        return CircuitOpenError(self.name, state=state, retry_after=retry_after)
 
     def _outcome_of_exception(self, exc: BaseException) -> int | None:
         """The outcome flags for an exception; ``None`` means it is not counted."""
@@ -396,11 +424,6 @@ class CircuitBreaker(Policy):
         else:
             self._on_outcome(version, outcome, started)
 
-    def _on_result(self, version: int, result: object, started: float) -> None:
-        check = self._result_failure
-        outcome = FAILURE if check is not None and check(result) else 0
-        self._on_outcome(version, outcome, started)
-
     def _release(self, version: int) -> None:
         """Give back a probe permit for a call that ended without a countable outcome."""
         if self._state is HALF_OPEN:
@@ -409,58 +432,87 @@ class CircuitBreaker(Policy):
                     self._probes_admitted -= 1
 
     def _on_outcome(self, version: int, outcome: int, started: float) -> None:
-        state = self._state
-        if state is DISABLED:
+        if self._state is DISABLED:
             return
         now = self._now() if self._timed else None
-        if self._slow_after is not None and now is not None and now - started >= self._slow_after:
+        slow_after = self._slow_after
+        if slow_after is not None and now is not None and now - started >= slow_after:
             outcome |= SLOW
         with self._lock:
             if version != self._version:
                 return  # admitted under an earlier state: its outcome is stale
-            if state is HALF_OPEN:
-                self._on_probe(outcome, now)
+            if self._state is HALF_OPEN:
+                verdict = self._judge_probe(outcome)
+            else:
+                window = self._window
+                window.record(outcome, 0.0 if now is None else now)
+                failures, slow, calls = window.failures, window.slow, window.calls
+                # A clean window cannot open the breaker (thresholds are > 0): the usual case.
+                if not (failures or slow) or calls < self._min_calls or self._state is not CLOSED:
+                    return
+                verdict = self._judge_window(failures, slow, calls)
+            if verdict is None:
                 return
-            window = self._window
-            window.record(outcome, 0.0 if now is None else now)
-            if state is not CLOSED or window.calls < self._min_calls:
-                return
-            if window.failures >= self._threshold * window.calls:
-                rate = window.failures / window.calls
-                reason = f"failure rate {rate:.2f} >= {self._threshold:.2f}"
-                self._transition_locked(OPEN, reason, now)
-            elif window.slow >= self._slow_threshold * window.calls and window.slow:
-                rate = window.slow / window.calls
-                reason = f"slow-call rate {rate:.2f} >= {self._slow_threshold:.2f}"
-                self._transition_locked(OPEN, reason, now)
+            current = self._record
+        self._change(current, verdict[0], verdict[1], now)
 
-    def _on_probe(self, outcome: int, now: float | None) -> None:
+    def _judge_window(
+        self, failures: int, slow: int, calls: int
+    ) -> tuple[CircuitState, str] | None:
+        """Say whether a CLOSED breaker with these window totals must open."""
+        # Rates as quotients: 55 / 100 >= 0.55 holds, 55 >= 0.55 * 100 does not in floats.
+        rate = failures / calls
+        if rate >= self._threshold:
+            return OPEN, f"failure rate {rate:.2f} >= {self._threshold:.2f}"
+        if slow and slow / calls >= self._slow_threshold:
+            return OPEN, f"slow-call rate {slow / calls:.2f} >= {self._slow_threshold:.2f}"
+        return None
+
+    def _judge_probe(self, outcome: int) -> tuple[CircuitState, str] | None:
+        """Count a probe; decide as soon as the remaining probes cannot change the verdict."""
         self._probes_done += 1
         self._probe_failures += outcome & FAILURE
         self._probe_slow += (outcome & SLOW) >> 1
         total = self._half_open_calls
-        remaining = total - self._probes_done
+        done = self._probes_done
+        remaining = total - done
         failures, slow = self._probe_failures, self._probe_slow
-        # Decide as soon as the remaining probes can no longer change the verdict.
-        if failures >= self._threshold * total:
-            self._transition_locked(OPEN, f"{failures} of {total} probes failed", now)
-        elif slow and slow >= self._slow_threshold * total:
-            self._transition_locked(OPEN, f"{slow} of {total} probes were slow", now)
-        elif failures + remaining < self._threshold * total and (
-            self._slow_after is None or slow + remaining < self._slow_threshold * total
+        if failures / total >= self._threshold:
+            return OPEN, f"{failures} of {total} probes failed"
+        if slow and slow / total >= self._slow_threshold:
+            return OPEN, f"{slow} of {total} probes were slow"
+        if (failures + remaining) / total < self._threshold and (
+            self._slow_after is None or (slow + remaining) / total < self._slow_threshold
         ):
-            self._transition_locked(CLOSED, f"{self._probes_done} probes succeeded", now)
+            return CLOSED, f"{done - failures} of {done} probes succeeded"
+        return None
 
     # -- transitions ------------------------------------------------------------------------
 
     def _transition(self, to: CircuitState, reason: str) -> None:
-        with self._lock:
-            self._transition_locked(to, reason)
+        """An operator's transition: retried if another writer got in first.
 
-    def _transition_locked(self, to: CircuitState, reason: str, now: float | None = None) -> None:
+        Asking for the state the breaker is already in changes nothing (in-flight calls
+        still count), except that `reset` always forgets the window.
+        """
+        for _ in range(_MAX_RACES):
+            with self._lock:
+                current = self._record
+            if current.state is to and to is not CLOSED:
+                return
+            if self._change(current, to, reason):
+                return
+
+    def _change(
+        self, current: BreakerRecord, to: CircuitState, reason: str, now: float | None = None
+    ) -> bool:
+        """Move from ``current`` to ``to`` through the store; tell whether this write won.
+
+        Called without the lock. Losing the compare-and-set is normal under contention:
+        the winning record is adopted instead.
+        """
         if now is None:
             now = self._now()
-        current = self._record
         opens = current.consecutive_opens
         open_until = None
         if to is OPEN:
@@ -469,22 +521,39 @@ class CircuitBreaker(Policy):
         elif to is CLOSED:
             opens = 0
         new = BreakerRecord(to, current.version + 1, now, open_until, opens)
-        winner = self._store.compare_and_set(self.name, current.version, new)
-        self._adopt(winner, reason if winner == new else "changed by another instance")
+        local = self._local
+        local.writing = (new, reason)
+        try:
+            winner = self._store.compare_and_set(self.name, current.version, new)
+        finally:
+            local.writing = None
+        won = winner.version == new.version and winner.state is to
+        self._adopt(winner, reason if won else _OTHER_INSTANCE)
+        return won
+
+    def _on_store_change(self, record: BreakerRecord) -> None:
+        """A store notification: our own write (with its reason) or another instance's."""
+        writing = getattr(self._local, "writing", None)
+        if writing is not None and writing[0] is record:
+            self._adopt(record, writing[1])
+        else:
+            self._adopt(record, _OTHER_INSTANCE)
 
     def _adopt(self, record: BreakerRecord, reason: str) -> None:
         """Make ``record`` this breaker's state if it is newer; reset what it invalidates."""
         with self._lock:
-            if record.version <= self._version:
+            # Newer versions win; an equal version with other contents is the store's
+            # verdict on a race this breaker lost (a shared store resolves it).
+            if record.version < self._version or record == self._record:
                 return
             previous = self._state
             self._record = record
             self._state = record.state
-            self._version = record.version
             self._probes_admitted = self._probes_done = 0
             self._probe_failures = self._probe_slow = 0
             if record.state is CLOSED or record.state is METRICS_ONLY:
                 self._window.reset()
+            self._version = record.version  # last: see _admit
             listeners = tuple(self._listeners)
         if previous is record.state:
             return
@@ -503,40 +572,52 @@ class CircuitBreaker(Policy):
 
     # -- drivers ----------------------------------------------------------------------------
 
+    # Both drivers inline the closed path: read the state, call, record under the lock.
+
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        breaker = self
         admit = self._admit
         on_exception = self._on_exception
-        on_result = self._on_result
+        on_outcome = self._on_outcome
+        is_failure = self._result_failure
         slow_timer = self._slow_after is not None
 
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            version = admit()
-            started = self._now() if slow_timer else 0.0
+            version = breaker._version  # before the state: see _admit
+            if breaker._state not in _ADMIT_FREELY:
+                version = admit()
+            started = breaker._now() if slow_timer else 0.0
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
                 on_exception(version, exc, started)
                 raise
-            on_result(version, result, started)
+            failed = is_failure is not None and is_failure(result)
+            on_outcome(version, FAILURE if failed else 0, started)
             return result
 
         return guarded
 
     def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        breaker = self
         admit = self._admit
         on_exception = self._on_exception
-        on_result = self._on_result
+        on_outcome = self._on_outcome
+        is_failure = self._result_failure
         slow_timer = self._slow_after is not None
 
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            version = admit()
-            started = self._now() if slow_timer else 0.0
+            version = breaker._version  # before the state: see _admit
+            if breaker._state not in _ADMIT_FREELY:
+                version = admit()
+            started = breaker._now() if slow_timer else 0.0
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
                 on_exception(version, exc, started)
                 raise
-            on_result(version, result, started)
+            failed = is_failure is not None and is_failure(result)
+            on_outcome(version, FAILURE if failed else 0, started)
             return result
 
         return guarded

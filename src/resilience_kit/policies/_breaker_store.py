@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from resilience_kit import _telemetry
+
 
 class CircuitState(str, enum.Enum):
     """The states of a `CircuitBreaker`.
@@ -120,7 +122,10 @@ class InMemoryBreakerStore:
             self._records[name] = record
             subscribers = list(self._subscribers.get(name, ()))
         for callback in subscribers:
-            callback(record)
+            try:
+                callback(record)
+            except Exception:  # noqa: BLE001, PERF203  (one bad subscriber must not starve the rest)
+                _telemetry.logger.exception("breaker store: a subscriber of %r failed", name)
         return record
 
     def subscribe(self, name: str, callback: Callable[[BreakerRecord], None]) -> Callable[[], None]:

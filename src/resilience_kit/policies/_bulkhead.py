@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
 from resilience_kit import _telemetry
 from resilience_kit.clock import Clock
@@ -15,15 +17,46 @@ from resilience_kit.errors import BulkheadFullError
 from resilience_kit.policies._base import P, Policy, R, check_int, check_positive, resolve_clock
 from resilience_kit.policies._deadline import deadline_scope
 
+# anyio >= 4.11 can name an event loop, so that any thread can reach it; before that, only
+# anyio's worker threads (``anyio.to_thread.run_sync``) can.
+_current_token: Callable[[], Any] | None = getattr(anyio.lowlevel, "current_token", None)
+
 
 class _Waiter:
-    """A caller queued for a slot; ``granted`` flips (under the lock) when it gets one."""
+    """A caller queued for a slot; ``granted`` flips (under the lock) when it gets one.
 
-    __slots__ = ("event", "granted")
+    A thread waits on a `threading.Event`, which any thread may set. A task waits on an
+    `anyio.Event`, which only its event loop's thread may set: ``thread`` and ``token``
+    let a sync caller leaving in another thread wake it through that loop.
+    """
 
-    def __init__(self, event: threading.Event | anyio.Event) -> None:
+    __slots__ = ("event", "granted", "thread", "token")
+
+    def __init__(
+        self, event: threading.Event | anyio.Event, thread: int | None, token: Any = None
+    ) -> None:
         self.granted = False
         self.event = event
+        self.thread = thread
+        self.token = token
+
+    @classmethod
+    def for_thread(cls) -> _Waiter:
+        return cls(threading.Event(), None)
+
+    @classmethod
+    def for_task(cls) -> _Waiter:
+        token = _current_token() if _current_token is not None else None
+        return cls(anyio.Event(), threading.get_ident(), token)
+
+    def wake(self) -> None:
+        """Set the event, from whichever thread the slot was freed in."""
+        if self.thread is None or self.thread == threading.get_ident():
+            self.event.set()
+        elif self.token is not None:
+            anyio.from_thread.run_sync(self.event.set, token=self.token)
+        else:
+            anyio.from_thread.run_sync(self.event.set)
 
 
 class Bulkhead(Policy):
@@ -36,7 +69,8 @@ class Bulkhead(Policy):
 
     The same bulkhead guards sync calls (threads wait on a `threading.Event`) and async
     calls (tasks wait on an `anyio.Event`); async waiters must all belong to one event
-    loop. ``max_wait`` follows the policy's clock for async callers (the virtual clock
+    loop (a sync call that frees a slot in another thread wakes the waiting task through
+    that loop). ``max_wait`` follows the policy's clock for async callers (the virtual clock
     in tests) and real time for threads.
 
     Args:
@@ -112,7 +146,7 @@ class Bulkhead(Policy):
             self.name, max_concurrent=self.max_concurrent, max_waiting=self.max_waiting
         )
 
-    def _enter(self, new_event: Callable[[], threading.Event | anyio.Event]) -> _Waiter | None:
+    def _enter(self, new_waiter: Callable[[], _Waiter]) -> _Waiter | None:
         """Take a slot (``None``) or a place in the queue (a waiter); raise when full."""
         with self._lock:
             if self._active < self.max_concurrent and not self._waiters:
@@ -120,19 +154,25 @@ class Bulkhead(Policy):
                 return None
             if len(self._waiters) >= self.max_waiting:
                 raise self._full()
-            waiter = _Waiter(new_event())
+            waiter = new_waiter()
             self._waiters.append(waiter)
             return waiter
 
     def _leave(self) -> None:
         """Free a slot: hand it to the first waiter, or give it back."""
         with self._lock:
-            if self._waiters:
-                waiter = self._waiters.popleft()
-                waiter.granted = True
-                waiter.event.set()
-            else:
+            if not self._waiters:
                 self._active -= 1
+                return
+            waiter = self._waiters.popleft()
+            waiter.granted = True
+        # Woken outside the lock: waking a task from another thread waits for its loop,
+        # whose thread may itself be about to take the lock.
+        try:
+            waiter.wake()
+        except RuntimeError:  # anyio.RunFinishedError (anyio >= 4.11) is one
+            # Its event loop is gone, and the waiter with it: pass the slot on.
+            self._leave()
 
     def _stop_waiting(self, waiter: _Waiter) -> bool:
         """Leave the queue; ``True`` if a slot was handed over meanwhile (the caller has it)."""
@@ -161,7 +201,7 @@ class Bulkhead(Policy):
         leave = self._leave
 
         def bounded(*args: P.args, **kwargs: P.kwargs) -> R:
-            waiter = enter(threading.Event)
+            waiter = enter(_Waiter.for_thread)
             if waiter is not None:
                 self._wait_sync(waiter)
             try:
@@ -187,7 +227,7 @@ class Bulkhead(Policy):
         leave = self._leave
 
         async def bounded(*args: P.args, **kwargs: P.kwargs) -> R:
-            waiter = enter(anyio.Event)
+            waiter = enter(_Waiter.for_task)
             if waiter is not None:
                 await self._wait_async(waiter)
             try:

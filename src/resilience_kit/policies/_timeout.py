@@ -52,6 +52,8 @@ class Timeout(Policy):
     def __init__(
         self, seconds: float, *, name: str | None = None, clock: Clock | None = None
     ) -> None:
+        if seconds is None:  # check_positive lets None through for optional limits
+            raise ConfigurationError("seconds", "must be a number, got None")
         check_positive("seconds", seconds)
         if clock is not None and not isinstance(clock, (SystemClock, TimerClock)):
             raise ConfigurationError(

@@ -33,15 +33,18 @@ class CountWindow:
     def record(self, outcome: int, now: float) -> None:
         """Add one outcome (bit flags `FAILURE`, `SLOW`), evicting the oldest when full."""
         head = self._head
+        outcomes = self._outcomes
         if self.calls == self._size:
-            old = self._outcomes[head]
-            self.failures -= old & FAILURE
-            self.slow -= (old & SLOW) >> 1
+            old = outcomes[head]
+            if old:  # most outcomes are clean: skip the arithmetic for them
+                self.failures -= old & FAILURE
+                self.slow -= (old & SLOW) >> 1
         else:
             self.calls += 1
-        self._outcomes[head] = outcome
-        self.failures += outcome & FAILURE
-        self.slow += (outcome & SLOW) >> 1
+        outcomes[head] = outcome
+        if outcome:
+            self.failures += outcome & FAILURE
+            self.slow += (outcome & SLOW) >> 1
         head += 1
         self._head = 0 if head == self._size else head
 
