@@ -14,6 +14,7 @@ PUBLIC_MODULES = [
     "resilience_kit.errors",
     "resilience_kit.clock",
     "resilience_kit.policies",
+    "resilience_kit.security",
     "resilience_kit.testing",
     "resilience_kit.telemetry",
     "resilience_kit.pytest_plugin",

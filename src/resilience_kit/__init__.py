@@ -13,9 +13,19 @@ from resilience_kit.errors import BulkheadFullError as BulkheadFullError
 from resilience_kit.errors import CircuitOpenError as CircuitOpenError
 from resilience_kit.errors import ConfigurationError as ConfigurationError
 from resilience_kit.errors import InjectedFaultError as InjectedFaultError
+from resilience_kit.errors import MalformedTokenError as MalformedTokenError
 from resilience_kit.errors import ResilienceError as ResilienceError
 from resilience_kit.errors import RetryExhaustedError as RetryExhaustedError
 from resilience_kit.errors import TimeoutExceededError as TimeoutExceededError
+from resilience_kit.errors import TokenAlgorithmError as TokenAlgorithmError
+from resilience_kit.errors import TokenClaimError as TokenClaimError
+from resilience_kit.errors import TokenExpiredError as TokenExpiredError
+from resilience_kit.errors import TokenKeyError as TokenKeyError
+from resilience_kit.errors import TokenNotYetValidError as TokenNotYetValidError
+from resilience_kit.errors import TokenRejectedError as TokenRejectedError
+from resilience_kit.errors import TokenRevokedError as TokenRevokedError
+from resilience_kit.errors import TokenSignatureError as TokenSignatureError
+from resilience_kit.errors import ValidatorUnavailableError as ValidatorUnavailableError
 from resilience_kit.policies import Attempt as Attempt
 from resilience_kit.policies import Attempts as Attempts
 from resilience_kit.policies import Backoff as Backoff
@@ -35,6 +45,14 @@ from resilience_kit.policies import RetryPolicy as RetryPolicy
 from resilience_kit.policies import StateTransition as StateTransition
 from resilience_kit.policies import Timeout as Timeout
 from resilience_kit.policies import retry_after_hint as retry_after_hint
+from resilience_kit.security import JWKSKeySource as JWKSKeySource
+from resilience_kit.security import Keyring as Keyring
+from resilience_kit.security import KeySource as KeySource
+from resilience_kit.security import KeyState as KeyState
+from resilience_kit.security import KeyVersion as KeyVersion
+from resilience_kit.security import TokenIssuer as TokenIssuer
+from resilience_kit.security import VerifiedToken as VerifiedToken
+from resilience_kit.security import VersionedTokenVerifier as VersionedTokenVerifier
 
 __all__ = (
     "Attempt",
@@ -52,6 +70,12 @@ __all__ = (
     "Fallback",
     "InMemoryBreakerStore",
     "InjectedFaultError",
+    "JWKSKeySource",
+    "KeySource",
+    "KeyState",
+    "KeyVersion",
+    "Keyring",
+    "MalformedTokenError",
     "Pipeline",
     "Policy",
     "ResilienceError",
@@ -62,6 +86,18 @@ __all__ = (
     "StateTransition",
     "Timeout",
     "TimeoutExceededError",
+    "TokenAlgorithmError",
+    "TokenClaimError",
+    "TokenExpiredError",
+    "TokenIssuer",
+    "TokenKeyError",
+    "TokenNotYetValidError",
+    "TokenRejectedError",
+    "TokenRevokedError",
+    "TokenSignatureError",
+    "ValidatorUnavailableError",
+    "VerifiedToken",
+    "VersionedTokenVerifier",
     "__version__",
     "retry_after_hint",
 )

@@ -7,7 +7,17 @@ ResilienceError
 ├── CircuitOpenError                         a breaker rejected the call
 ├── TimeoutExceededError (also TimeoutError) a Timeout cancelled the call
 ├── BulkheadFullError                        no slot and no room to wait
-└── InjectedFaultError                       raised by the testing chaos policies
+├── InjectedFaultError                       raised by the testing chaos policies
+└── TokenRejectedError (.reason)             a token verifier refused a token
+    ├── MalformedTokenError                  "malformed", "too_large"
+    ├── TokenAlgorithmError                  "algorithm_not_allowed"
+    ├── TokenKeyError                        "unknown_key", "retired_key"
+    ├── TokenSignatureError                  "bad_signature"
+    ├── TokenExpiredError                    "expired"
+    ├── TokenNotYetValidError                "not_yet_valid"
+    ├── TokenClaimError                      "issuer", "audience", "missing_claim", "invalid_claim"
+    ├── TokenRevokedError                    "revoked", "inactive"
+    └── ValidatorUnavailableError            "validator_unavailable", "keys_unavailable"
 ```
 
 Retries never wrap your exception: when the attempts run out, the last exception
@@ -22,16 +32,26 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = (
     "BulkheadFullError",
     "CircuitOpenError",
     "ConfigurationError",
     "InjectedFaultError",
+    "MalformedTokenError",
     "ResilienceError",
     "RetryExhaustedError",
     "TimeoutExceededError",
+    "TokenAlgorithmError",
+    "TokenClaimError",
+    "TokenExpiredError",
+    "TokenKeyError",
+    "TokenNotYetValidError",
+    "TokenRejectedError",
+    "TokenRevokedError",
+    "TokenSignatureError",
+    "ValidatorUnavailableError",
 )
 
 
@@ -174,3 +194,137 @@ def _rebuild(cls: type[ResilienceError], args: tuple[Any, ...], state: dict[str,
     error.args = args
     error.__dict__.update(state)
     return error
+
+
+class TokenRejectedError(ResilienceError):
+    """Raised when a token verifier refuses a token; the root of every token failure.
+
+    A verifier raises nothing else, whatever it is handed. `reason` is a stable,
+    machine-readable word for logs, metrics and HTTP responses; the message is for people
+    and may change.
+
+    Attributes:
+        reason: why, in one word (see `reasons` on each subclass).
+        key_version: the key version (``kid``) the token named, when it named one.
+
+    Example:
+        >>> err = TokenExpiredError("expired at 1700000000", key_version="v2")
+        >>> isinstance(err, TokenRejectedError), err.reason, err.key_version
+        (True, 'expired', 'v2')
+    """
+
+    reasons: ClassVar[tuple[str, ...]] = ("rejected",)
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, key_version: str | None = None
+    ) -> None:
+        self.reason = reason if reason is not None else self.reasons[0]
+        self.key_version = key_version
+        self.message = message
+        super().__init__(f"token rejected ({self.reason}): {message}")
+
+
+class MalformedTokenError(TokenRejectedError):
+    """Raised when a token cannot be parsed, or is larger than the verifier accepts.
+
+    Example:
+        >>> MalformedTokenError("8193 characters", reason="too_large").reason
+        'too_large'
+    """
+
+    reasons = ("malformed", "too_large")
+
+
+class TokenAlgorithmError(TokenRejectedError):
+    """Raised when a token's algorithm is not the one its key is pinned to (or is ``none``).
+
+    This is what algorithm-confusion attacks run into: an RS256 key never verifies an
+    HS256 token, whatever the header says.
+
+    Example:
+        >>> TokenAlgorithmError("alg 'none' is never accepted").reason
+        'algorithm_not_allowed'
+    """
+
+    reasons = ("algorithm_not_allowed",)
+
+
+class TokenKeyError(TokenRejectedError):
+    """Raised when a token names a key version the verifier does not know, or has retired.
+
+    Example:
+        >>> TokenKeyError("key 'v1' is retired", reason="retired_key").reason
+        'retired_key'
+    """
+
+    reasons = ("unknown_key", "retired_key")
+
+
+class TokenSignatureError(TokenRejectedError):
+    """Raised when a token's signature does not match its key.
+
+    Example:
+        >>> TokenSignatureError("signature mismatch").reason
+        'bad_signature'
+    """
+
+    reasons = ("bad_signature",)
+
+
+class TokenExpiredError(TokenRejectedError):
+    """Raised when a token's ``exp`` has passed (beyond the leeway).
+
+    Example:
+        >>> TokenExpiredError("expired 3s ago").reason
+        'expired'
+    """
+
+    reasons = ("expired",)
+
+
+class TokenNotYetValidError(TokenRejectedError):
+    """Raised when a token's ``nbf`` or ``iat`` lies in the future (beyond the leeway).
+
+    Example:
+        >>> TokenNotYetValidError("valid from 1700000000").reason
+        'not_yet_valid'
+    """
+
+    reasons = ("not_yet_valid",)
+
+
+class TokenClaimError(TokenRejectedError):
+    """Raised when a claim is missing, has the wrong type, or names another issuer/audience.
+
+    Example:
+        >>> TokenClaimError("no 'exp' claim", reason="missing_claim").reason
+        'missing_claim'
+    """
+
+    reasons = ("invalid_claim", "issuer", "audience", "missing_claim")
+
+
+class TokenRevokedError(TokenRejectedError):
+    """Raised when a token was revoked here, or the remote validator says it is inactive.
+
+    Example:
+        >>> TokenRevokedError("revoked by an operator").reason
+        'revoked'
+    """
+
+    reasons = ("revoked", "inactive")
+
+
+class ValidatorUnavailableError(TokenRejectedError):
+    """Raised when a token could only be checked by a remote service that is unavailable.
+
+    The verifier fails closed: a token that is not already cached is rejected while the
+    remote validator (or the JWKS endpoint, for a key it has never seen) is down, slow or
+    behind an open circuit breaker.
+
+    Example:
+        >>> ValidatorUnavailableError("circuit open").reason
+        'validator_unavailable'
+    """
+
+    reasons = ("validator_unavailable", "keys_unavailable")

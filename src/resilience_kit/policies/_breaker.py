@@ -572,7 +572,8 @@ class CircuitBreaker(Policy):
 
     # -- drivers ----------------------------------------------------------------------------
 
-    # Both drivers inline the closed path: read the state, call, record under the lock.
+    # Both drivers inline the closed path: read the state, call, then record under the lock
+    # unless the outcome cannot change the window.
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         breaker = self
@@ -581,6 +582,8 @@ class CircuitBreaker(Policy):
         on_outcome = self._on_outcome
         is_failure = self._result_failure
         slow_timer = self._slow_after is not None
+        window = self._window
+        skippable = is_failure is None and not slow_timer
 
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
             version = breaker._version  # before the state: see _admit
@@ -592,6 +595,13 @@ class CircuitBreaker(Policy):
             except BaseException as exc:
                 on_exception(version, exc, started)
                 raise
+            if (
+                skippable
+                and window.all_clear
+                and breaker._state is CLOSED
+                and breaker._version == version
+            ):
+                return result  # one more success in a clean full window changes nothing
             failed = is_failure is not None and is_failure(result)
             on_outcome(version, FAILURE if failed else 0, started)
             return result
@@ -605,6 +615,8 @@ class CircuitBreaker(Policy):
         on_outcome = self._on_outcome
         is_failure = self._result_failure
         slow_timer = self._slow_after is not None
+        window = self._window
+        skippable = is_failure is None and not slow_timer
 
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
             version = breaker._version  # before the state: see _admit
@@ -616,6 +628,13 @@ class CircuitBreaker(Policy):
             except BaseException as exc:
                 on_exception(version, exc, started)
                 raise
+            if (
+                skippable
+                and window.all_clear
+                and breaker._state is CLOSED
+                and breaker._version == version
+            ):
+                return result  # one more success in a clean full window changes nothing
             failed = is_failure is not None and is_failure(result)
             on_outcome(version, FAILURE if failed else 0, started)
             return result

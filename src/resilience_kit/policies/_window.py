@@ -20,7 +20,7 @@ class WindowTotals:
 class CountWindow:
     """The last ``size`` call outcomes, in a ring; totals kept incrementally."""
 
-    __slots__ = ("_head", "_outcomes", "_size", "calls", "failures", "slow")
+    __slots__ = ("_head", "_outcomes", "_size", "all_clear", "calls", "failures", "slow")
 
     def __init__(self, size: int) -> None:
         self._size = size
@@ -29,6 +29,9 @@ class CountWindow:
         self.calls = 0
         self.failures = 0
         self.slow = 0
+        # Full, and every outcome clean: recording one more clean outcome changes nothing
+        # (clean outcomes are indistinguishable), so the breaker may skip it.
+        self.all_clear = False
 
     def record(self, outcome: int, now: float) -> None:
         """Add one outcome (bit flags `FAILURE`, `SLOW`), evicting the oldest when full."""
@@ -47,6 +50,7 @@ class CountWindow:
             self.slow += (outcome & SLOW) >> 1
         head += 1
         self._head = 0 if head == self._size else head
+        self.all_clear = self.calls == self._size and not self.failures and not self.slow
 
     def totals(self, now: float) -> WindowTotals:
         """The aggregates over the window."""
@@ -56,10 +60,14 @@ class CountWindow:
         """Forget every outcome."""
         self._outcomes = bytearray(self._size)
         self._head = self.calls = self.failures = self.slow = 0
+        self.all_clear = False
 
 
 class TimeWindow:
     """Outcomes of the last ``seconds`` seconds, in one bucket per second."""
+
+    # Every outcome counts towards the bucket of its second: none can be skipped.
+    all_clear = False
 
     __slots__ = ("_calls", "_current", "_failures", "_size", "_slow", "calls", "failures", "slow")
 
