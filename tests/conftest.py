@@ -9,6 +9,9 @@ from tests.servers import redis_url
 
 __all__ = ("redis_url",)
 
+# tests/typing is for mypy only; importing it would run type-level sample code.
+collect_ignore = ["typing"]
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
