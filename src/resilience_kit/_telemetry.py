@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import get_current
+from opentelemetry.metrics import CallbackOptions, Observation
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Counter, MeterProvider
@@ -37,6 +40,20 @@ logger.addHandler(logging.NullHandler())  # a library never prints unless config
 _meter_provider: MeterProvider | None = None
 _tracer_provider: TracerProvider | None = None
 _counters: dict[str, Counter] = {}
+_observables: dict[str, Any] = {}
+
+
+class Observed(Protocol):
+    """Something that keeps its own counts, read by an observable counter on collection."""
+
+    def observe_counts(self) -> Iterable[tuple[int, Mapping[str, str]]]:
+        """Return ``(cumulative count, attributes)`` pairs."""
+        ...
+
+
+# For events too frequent to count one by one (breaker rejections), the owners keep
+# cumulative counts and an observable counter reads them when metrics are collected.
+_sources: dict[str, weakref.WeakSet[Any]] = {}
 
 
 def configure(
@@ -55,6 +72,10 @@ def configure(
     _meter_provider = meter_provider
     _tracer_provider = tracer_provider
     _counters.clear()
+    _observables.clear()
+    for name, sources in _sources.items():
+        if sources:
+            _observable(name)
 
 
 def _counter(name: str) -> Counter:
@@ -67,9 +88,48 @@ def _counter(name: str) -> Counter:
     return counter
 
 
+def _observable(name: str) -> None:
+    if name in _observables:
+        return
+    provider = _meter_provider or metrics.get_meter_provider()
+    meter = provider.get_meter(METER_NAME)
+    _observables[name] = meter.create_observable_counter(
+        name, callbacks=[_collector(name)], unit="1", description=_DESCRIPTIONS[name]
+    )
+
+
+def _collector(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def collect(options: CallbackOptions) -> Iterable[Observation]:
+        for source in list(_sources.get(name, ())):
+            for value, attributes in source.observe_counts():
+                yield Observation(value, dict(attributes))
+
+    return collect
+
+
+def observe(name: str, source: Observed) -> None:
+    """Report ``source``'s counts on the observable counter ``name`` (weakly held)."""
+    _sources.setdefault(name, weakref.WeakSet()).add(source)
+    _observable(name)
+
+
+def span_event(name: str, attributes: Mapping[str, str | int | float]) -> None:
+    """Add an event to the current span, if one is recording; cheap when none is."""
+    current = get_current()
+    if current:  # an empty context holds no span: skip the span lookup
+        span = trace.get_current_span(current)
+        if span.is_recording():
+            span.add_event(name[_PREFIX:], attributes)
+
+
 def emit(name: str, attributes: Mapping[str, str | int | float]) -> None:
-    """Count one event on the metric ``name`` and add it to the current span."""
-    _counter(name).add(1, dict(attributes))
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.add_event(name.removeprefix("resilience."), dict(attributes))
+    """Count one event on the metric ``name`` and add it to the current span.
+
+    Callers may pass a shared, cached attributes mapping: it is never modified.
+    """
+    counter = _counters.get(name) or _counter(name)
+    counter.add(1, attributes)
+    span_event(name, attributes)
+
+
+_PREFIX = len("resilience.")

@@ -129,11 +129,40 @@ class CircuitOpenError(ResilienceError):
     """
 
     def __init__(self, name: str, *, state: str, retry_after: float | None) -> None:
-        self.name = name
-        self.state = state
-        self.retry_after = retry_after
+        super().__init__(name, state, retry_after)
+
+    @classmethod
+    def new(cls, name: str, state: str, retry_after: float | None) -> CircuitOpenError:
+        """Build one without running ``__init__``: breakers reject on a hot path.
+
+        Example:
+            >>> CircuitOpenError.new("billing", "open", 1.0).state
+            'open'
+        """
+        return cls.__new__(cls, name, state, retry_after)
+
+    # The attributes live in ``args`` (set in C), and the message is formatted only
+    # when someone reads it: a rejection stays cheap.
+    @property
+    def name(self) -> str:
+        """The breaker's name."""
+        return str(self.args[0])
+
+    @property
+    def state(self) -> str:
+        """The breaker's state name."""
+        return str(self.args[1])
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until the breaker admits a probe, or ``None``."""
+        value: float | None = self.args[2]
+        return value
+
+    def __str__(self) -> str:
+        retry_after = self.retry_after
         when = "" if retry_after is None else f"; next probe in {retry_after:.3f}s"
-        super().__init__(f"circuit {name!r} is {state}{when}")
+        return f"circuit {self.name!r} is {self.state}{when}"
 
 
 class TimeoutExceededError(ResilienceError, TimeoutError):

@@ -16,6 +16,10 @@ Metrics (meter ``resilience_kit``), every one a counter:
 | ``resilience.fallback.activations`` | ``fallback``, ``error_type`` | substitutes served |
 | ``resilience.chaos.injections`` | ``chaos``, ``kind`` | injected faults |
 
+``resilience.circuit_breaker.rejections`` is an observable counter: each breaker keeps
+cumulative counts per state and the counter reads them at collection time, so an open
+breaker rejecting a million calls a second costs no metric call per rejection.
+
 For retries, ``outcome`` is ``retry`` (a retry was scheduled; ``reason`` is the error
 type) or ``gave_up`` (``reason`` is ``attempts``, ``deadline``, ``budget`` or
 ``retry_after``).

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from resilience_kit import _telemetry
-from resilience_kit.clock import Clock
+from resilience_kit import _config, _telemetry
+from resilience_kit.clock import SYSTEM_CLOCK, Clock
 from resilience_kit.errors import CircuitOpenError, ConfigurationError
 from resilience_kit.policies._backoff import Backoff
 from resilience_kit.policies._base import (
@@ -38,6 +39,7 @@ FORCED_OPEN = CircuitState.FORCED_OPEN
 DISABLED = CircuitState.DISABLED
 METRICS_ONLY = CircuitState.METRICS_ONLY
 _ADMIT_FREELY = (CLOSED, DISABLED, METRICS_ONLY)
+_REJECTING = ("open", "half_open", "forced_open")  # the states that reject calls
 _NAMES = {state: state.value for state in CircuitState}  # enum's .value is a slow property
 _OTHER_INSTANCE = "changed by another instance"
 # How often one call retries a transition it lost to another writer before giving up.
@@ -158,14 +160,18 @@ class CircuitBreaker(Policy):
         "_local",
         "_lock",
         "_min_calls",
+        "_open_attributes",
         "_open_for",
+        "_open_ticks",
         "_probe_failures",
         "_probe_slow",
         "_probes_admitted",
         "_probes_done",
+        "_reads",
         "_record",
         "_recorded",
-        "_rejected",
+        "_rejection_attributes",
+        "_rejection_ticks",
         "_result_failure",
         "_slow_after",
         "_slow_threshold",
@@ -257,7 +263,16 @@ class CircuitBreaker(Policy):
         self._lock = threading.Lock()
         # The record this thread is writing, and why (see _on_store_change).
         self._local = threading.local()
-        self._rejected = 0
+        # Rejections are counted without a lock, one counter per state: next() on an
+        # itertools.count is atomic. A reader takes a tick from each counter too, and
+        # subtracts the ticks readers took before (see _rejections).
+        self._rejection_ticks = {state: itertools.count() for state in _REJECTING}
+        self._open_ticks = self._rejection_ticks["open"]
+        self._reads = 0
+        self._rejection_attributes = {
+            state: {"breaker": name, "state": state} for state in _REJECTING
+        }
+        self._open_attributes = self._rejection_attributes["open"]
         self._probes_admitted = self._probes_done = 0
         self._probe_failures = self._probe_slow = 0
 
@@ -279,6 +294,7 @@ class CircuitBreaker(Policy):
 
             self._unsubscribe = self._store.subscribe(name, on_store_change)
             weakref.finalize(self, self._unsubscribe)
+        _telemetry.observe(_telemetry.BREAKER_REJECTIONS, self)
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self._state.value})"
@@ -319,6 +335,7 @@ class CircuitBreaker(Policy):
         with self._lock:
             totals = self._window.totals(now)
             judged = totals.calls >= self._min_calls
+            rejected = sum(self._rejections_locked().values())
             return BreakerMetrics(
                 state=self._state,
                 calls=totals.calls,
@@ -326,9 +343,25 @@ class CircuitBreaker(Policy):
                 slow_calls=totals.slow,
                 failure_rate=totals.failures / totals.calls if judged else None,
                 slow_call_rate=totals.slow / totals.calls if judged else None,
-                rejected_calls=self._rejected,
+                rejected_calls=rejected,
                 open_until=self._record.open_until if self._state is OPEN else None,
             )
+
+    def _rejections_locked(self) -> dict[str, int]:
+        """Rejections so far, per state (the caller holds the lock)."""
+        reads = self._reads
+        self._reads = reads + 1
+        return {state: next(ticks) - reads for state, ticks in self._rejection_ticks.items()}
+
+    def observe_counts(self) -> list[tuple[int, dict[str, str]]]:
+        """Cumulative rejections per state, for the observable counter (telemetry)."""
+        with self._lock:
+            counts = self._rejections_locked()
+        return [
+            (counts[state], self._rejection_attributes[state])
+            for state in _REJECTING
+            if counts[state]
+        ]
 
     def force_open(self) -> None:
         """Reject every call until `reset` (an operator's kill switch)."""
@@ -403,11 +436,26 @@ class CircuitBreaker(Policy):
         return min(base, self._slow_after or 1.0)
 
     def _rejection(self, retry_after: float | None) -> CircuitOpenError:
-        """Count a rejection (under the lock) and build a fresh error for it."""
-        self._rejected += 1
+        """Count a rejection (the caller holds the lock) and build a fresh error for it."""
         state = _NAMES[self._state]
-        _telemetry.emit(_telemetry.BREAKER_REJECTIONS, {"breaker": self.name, "state": state})
-        return CircuitOpenError(self.name, state=state, retry_after=retry_after)
+        next(self._rejection_ticks[state])
+        _telemetry.span_event(_telemetry.BREAKER_REJECTIONS, self._rejection_attributes[state])
+        return CircuitOpenError.new(self.name, state, retry_after)
+
+    def _reject_if_open(self) -> None:
+        """Raise `CircuitOpenError` if the breaker is OPEN and its interval has not passed.
+
+        The drivers' lock-free path for the common rejection: the record is immutable,
+        so one read of it is consistent; anything else goes through `_admit`.
+        """
+        record = self._record
+        open_until = record.open_until
+        if record.state is OPEN and open_until is not None:
+            now = (self._clock or _config.state.clock or SYSTEM_CLOCK).monotonic()
+            if now < open_until:
+                next(self._open_ticks)
+                _telemetry.span_event(_telemetry.BREAKER_REJECTIONS, self._open_attributes)
+                raise CircuitOpenError.new(self.name, "open", open_until - now)
 
     def _outcome_of_exception(self, exc: BaseException) -> int | None:
         """The outcome flags for an exception; ``None`` means it is not counted."""
@@ -578,6 +626,7 @@ class CircuitBreaker(Policy):
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         breaker = self
         admit = self._admit
+        reject_if_open = self._reject_if_open
         on_exception = self._on_exception
         on_outcome = self._on_outcome
         is_failure = self._result_failure
@@ -587,8 +636,12 @@ class CircuitBreaker(Policy):
 
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
             version = breaker._version  # before the state: see _admit
-            if breaker._state not in _ADMIT_FREELY:
-                version = admit()
+            state = breaker._state
+            if state is not CLOSED:
+                if state is OPEN:
+                    reject_if_open()
+                if state not in _ADMIT_FREELY:
+                    version = admit()
             started = breaker._now() if slow_timer else 0.0
             try:
                 result = fn(*args, **kwargs)
@@ -611,6 +664,7 @@ class CircuitBreaker(Policy):
     def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         breaker = self
         admit = self._admit
+        reject_if_open = self._reject_if_open
         on_exception = self._on_exception
         on_outcome = self._on_outcome
         is_failure = self._result_failure
@@ -620,8 +674,12 @@ class CircuitBreaker(Policy):
 
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
             version = breaker._version  # before the state: see _admit
-            if breaker._state not in _ADMIT_FREELY:
-                version = admit()
+            state = breaker._state
+            if state is not CLOSED:
+                if state is OPEN:
+                    reject_if_open()
+                if state not in _ADMIT_FREELY:
+                    version = admit()
             started = breaker._now() if slow_timer else 0.0
             try:
                 result = await fn(*args, **kwargs)

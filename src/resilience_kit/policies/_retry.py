@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -148,6 +149,7 @@ class RetryPolicy(Policy):
 
     __slots__ = (
         "_attempts",
+        "_attributes",
         "_backoff",
         "_budget",
         "_clock",
@@ -207,6 +209,7 @@ class RetryPolicy(Policy):
         self._budget = budget
         self._hooks = _resolve_hooks(before_sleep)
         self._retry_after = retry_after
+        self._attributes: dict[type[object], dict[str, str]] = {}
         self._max_retry_after = max_retry_after
         self._clock = clock
         self._rand = rand or random.random
@@ -247,12 +250,16 @@ class RetryPolicy(Policy):
         if self._attempts is not None and attempt >= self._attempts:
             reason = "attempts"
         else:
-            delay = self._backoff.delay(attempt, previous, self._rand)
-            hint = (
-                _hint_seconds(self._retry_after(exc))
-                if exc is not None and self._retry_after is not None
-                else None
-            )
+            backoff = self._backoff
+            delay = backoff.delay(attempt, previous, self._rand) if backoff.maximum else 0.0
+            extract = self._retry_after
+            if exc is None or extract is None:
+                hint = None
+            elif extract is retry_after_hint:  # the default, inlined: most errors carry none
+                raw = getattr(exc, "retry_after", None)
+                hint = None if raw is None else _hint_seconds(raw)
+            else:
+                hint = _hint_seconds(extract(exc))
             if hint is not None:
                 if self._max_retry_after is not None and hint > self._max_retry_after:
                     reason = "retry_after"
@@ -266,20 +273,26 @@ class RetryPolicy(Policy):
         if reason is not None:
             self._gave_up(attempt, reason, exc)
             return None
-        event = RetryEvent(self.name, attempt, delay, elapsed, exc, result)
-        _telemetry.emit(
-            _telemetry.RETRY_ATTEMPTS,
-            {"policy": self.name, "outcome": "retry", "reason": _error_name(exc)},
-        )
-        _telemetry.logger.info(
-            "retry %r: attempt %d failed (%s); retrying in %.3fs",
-            self.name,
-            attempt,
-            _error_name(exc),
-            delay,
-        )
-        for hook in self._hooks:
-            hook(event)
+        kind = type(exc)
+        attributes = self._attributes.get(kind)
+        if attributes is None:
+            attributes = {"policy": self.name, "outcome": "retry", "reason": _error_name(exc)}
+            if len(self._attributes) < 64:  # a bounded cache: error types are few
+                self._attributes[kind] = attributes
+        _telemetry.emit(_telemetry.RETRY_ATTEMPTS, attributes)
+        logger = _telemetry.logger
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "retry %r: attempt %d failed (%s); retrying in %.3fs",
+                self.name,
+                attempt,
+                attributes["reason"],
+                delay,
+            )
+        if self._hooks:
+            event = RetryEvent(self.name, attempt, delay, elapsed, exc, result)
+            for hook in self._hooks:
+                hook(event)
         return delay
 
     def _gave_up(self, attempt: int, reason: StopReason, exc: BaseException | None) -> None:
@@ -299,18 +312,19 @@ class RetryPolicy(Policy):
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         retry_if_result = self._retry_if_result
-        retryable = self._retryable
+        matches = self._matches
         next_delay = self._next_delay
+        timed = self._budget is not None or self._deadline is not None
 
         def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
-            started = self._start()
+            started = self._start() if timed else 0.0
             attempt = 1
             delay: float | None = None
             while True:
                 try:
                     result = fn(*args, **kwargs)
-                except Exception as exc:
-                    if not retryable(exc):
+                except Exception as exc:  # cancellation & co. are BaseException: never retried
+                    if not matches(exc):
                         raise
                     delay = next_delay(attempt, started, delay, exc)
                     if delay is None:
@@ -332,18 +346,19 @@ class RetryPolicy(Policy):
 
     def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         retry_if_result = self._retry_if_result
-        retryable = self._retryable
+        matches = self._matches
         next_delay = self._next_delay
+        timed = self._budget is not None or self._deadline is not None
 
         async def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
-            started = self._start()
+            started = self._start() if timed else 0.0
             attempt = 1
             delay: float | None = None
             while True:
                 try:
                     result = await fn(*args, **kwargs)
-                except Exception as exc:
-                    if not retryable(exc):
+                except Exception as exc:  # cancellation & co. are BaseException: never retried
+                    if not matches(exc):
                         raise
                     delay = next_delay(attempt, started, delay, exc)
                     if delay is None:
