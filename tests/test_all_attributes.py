@@ -18,6 +18,8 @@ PUBLIC_MODULES = [
     "resilience_kit.testing",
     "resilience_kit.telemetry",
     "resilience_kit.pytest_plugin",
+    "resilience_kit.caching",
+    "resilience_kit.stores.redis",
 ]
 
 

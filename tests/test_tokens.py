@@ -7,7 +7,6 @@ these tests check the format, not only that the library agrees with itself.
 from __future__ import annotations
 
 import base64
-import doctest
 import hashlib
 import hmac
 import json
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from resilience_kit import ConfigurationError, ResilienceError, security
+from resilience_kit import ConfigurationError, ResilienceError
 from resilience_kit.security import (
     JWKSKeySource,
     Keyring,
@@ -992,17 +991,3 @@ async def test_failures_while_fetching_keys_fail_closed() -> None:
     with pytest.raises(TokenKeyError) as key_info:
         await verifier.verify(token)
     assert key_info.value.key_version == "k"  # a version already set is kept
-
-
-def test_the_docstring_examples_run() -> None:
-    """`__module__` says resilience_kit, so --doctest-modules skips them: run them here."""
-    finder = doctest.DocTestFinder(exclude_empty=True)
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    examples = 0
-    for name in security.__all__:
-        for test in finder.find(getattr(security, name), name, globs=dict(vars(security))):
-            examples += len(test.examples)
-            runner.run(test)
-    results = runner.summarize(verbose=False)
-    assert results.failed == 0
-    assert examples >= 40

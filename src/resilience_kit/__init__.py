@@ -9,7 +9,20 @@ Example:
 """
 
 from resilience_kit._version import __version__ as __version__
+from resilience_kit.caching import CacheLookup as CacheLookup
+from resilience_kit.caching import CachePolicy as CachePolicy
+from resilience_kit.caching import CacheRecord as CacheRecord
+from resilience_kit.caching import CacheStats as CacheStats
+from resilience_kit.caching import CacheStore as CacheStore
+from resilience_kit.caching import FailClosed as FailClosed
+from resilience_kit.caching import FailOpen as FailOpen
+from resilience_kit.caching import FallbackEvent as FallbackEvent
+from resilience_kit.caching import InMemoryCacheStore as InMemoryCacheStore
+from resilience_kit.caching import PolicyCache as PolicyCache
+from resilience_kit.caching import Served as Served
+from resilience_kit.caching import ServeStale as ServeStale
 from resilience_kit.errors import BulkheadFullError as BulkheadFullError
+from resilience_kit.errors import CacheLoadError as CacheLoadError
 from resilience_kit.errors import CircuitOpenError as CircuitOpenError
 from resilience_kit.errors import ConfigurationError as ConfigurationError
 from resilience_kit.errors import InjectedFaultError as InjectedFaultError
@@ -63,12 +76,22 @@ __all__ = (
     "BreakerStore",
     "Bulkhead",
     "BulkheadFullError",
+    "CacheLoadError",
+    "CacheLookup",
+    "CachePolicy",
+    "CacheRecord",
+    "CacheStats",
+    "CacheStore",
     "CircuitBreaker",
     "CircuitOpenError",
     "CircuitState",
     "ConfigurationError",
+    "FailClosed",
+    "FailOpen",
     "Fallback",
+    "FallbackEvent",
     "InMemoryBreakerStore",
+    "InMemoryCacheStore",
     "InjectedFaultError",
     "JWKSKeySource",
     "KeySource",
@@ -78,11 +101,14 @@ __all__ = (
     "MalformedTokenError",
     "Pipeline",
     "Policy",
+    "PolicyCache",
     "ResilienceError",
     "RetryBudget",
     "RetryEvent",
     "RetryExhaustedError",
     "RetryPolicy",
+    "ServeStale",
+    "Served",
     "StateTransition",
     "Timeout",
     "TimeoutExceededError",

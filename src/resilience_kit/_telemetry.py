@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import get_current
@@ -43,17 +43,13 @@ _counters: dict[str, Counter] = {}
 _observables: dict[str, Any] = {}
 
 
-class Observed(Protocol):
-    """Something that keeps its own counts, read by an observable counter on collection."""
-
-    def observe_counts(self) -> Iterable[tuple[int, Mapping[str, str]]]:
-        """Return ``(cumulative count, attributes)`` pairs."""
-        ...
+Reading = Iterable[tuple[int, Mapping[str, str]]]
 
 
-# For events too frequent to count one by one (breaker rejections), the owners keep
-# cumulative counts and an observable counter reads them when metrics are collected.
-_sources: dict[str, weakref.WeakSet[Any]] = {}
+# For events too frequent to count one by one (breaker rejections, cache hits), their
+# owners keep cumulative counts and an observable counter reads them when metrics are
+# collected: name -> (the owners, weakly held; how to read one; the description).
+_sources: dict[str, tuple[weakref.WeakSet[Any], Callable[[Any], Reading], str]] = {}
 
 
 def configure(
@@ -73,8 +69,8 @@ def configure(
     _tracer_provider = tracer_provider
     _counters.clear()
     _observables.clear()
-    for name, sources in _sources.items():
-        if sources:
+    for name, (owners, _, _) in _sources.items():
+        if owners:
             _observable(name)
 
 
@@ -94,22 +90,37 @@ def _observable(name: str) -> None:
     provider = _meter_provider or metrics.get_meter_provider()
     meter = provider.get_meter(METER_NAME)
     _observables[name] = meter.create_observable_counter(
-        name, callbacks=[_collector(name)], unit="1", description=_DESCRIPTIONS[name]
+        name, callbacks=[_collector(name)], unit="1", description=_sources[name][2]
     )
 
 
 def _collector(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def collect(options: CallbackOptions) -> Iterable[Observation]:
-        for source in list(_sources.get(name, ())):
-            for value, attributes in source.observe_counts():
-                yield Observation(value, dict(attributes))
+        owners, read, _ = _sources[name]
+        # Owners sharing attributes (two breakers with one name) add up to one point.
+        totals: dict[frozenset[tuple[str, str]], int] = {}
+        for owner in list(owners):
+            for value, attributes in read(owner):
+                labels = frozenset(attributes.items())
+                totals[labels] = totals.get(labels, 0) + value
+        return [Observation(value, dict(labels)) for labels, value in totals.items()]
 
     return collect
 
 
-def observe(name: str, source: Observed) -> None:
-    """Report ``source``'s counts on the observable counter ``name`` (weakly held)."""
-    _sources.setdefault(name, weakref.WeakSet()).add(source)
+def observe(
+    name: str, owner: object, read: Callable[[Any], Reading], description: str | None = None
+) -> None:
+    """Report ``read(owner)`` — cumulative counts — on the observable counter ``name``.
+
+    ``owner`` is held weakly; every owner registered under one name must be read the
+    same way. The instrument follows `configure`.
+    """
+    entry = _sources.get(name)
+    if entry is None:
+        entry = (weakref.WeakSet(), read, description or _DESCRIPTIONS[name])
+        _sources[name] = entry
+    entry[0].add(owner)
     _observable(name)
 
 

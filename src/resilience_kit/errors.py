@@ -8,6 +8,7 @@ ResilienceError
 ├── TimeoutExceededError (also TimeoutError) a Timeout cancelled the call
 ├── BulkheadFullError                        no slot and no room to wait
 ├── InjectedFaultError                       raised by the testing chaos policies
+├── CacheLoadError                           a cache's loader failed; its policy serves nothing
 └── TokenRejectedError (.reason)             a token verifier refused a token
     ├── MalformedTokenError                  "malformed", "too_large"
     ├── TokenAlgorithmError                  "algorithm_not_allowed"
@@ -32,10 +33,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any, ClassVar
 
 __all__ = (
     "BulkheadFullError",
+    "CacheLoadError",
     "CircuitOpenError",
     "ConfigurationError",
     "InjectedFaultError",
@@ -223,6 +226,37 @@ def _rebuild(cls: type[ResilienceError], args: tuple[Any, ...], state: dict[str,
     error.args = args
     error.__dict__.update(state)
     return error
+
+
+class CacheLoadError(ResilienceError):
+    """Raised when a cache's loader failed and its policy had nothing it may serve instead.
+
+    This is the *denial* of a fail-closed cache: a `FailClosed` cache on a miss, a
+    `ServeStale` cache past its stale windows, a `FailOpen` cache with no last known
+    good value and no default. The loader's exception is chained as ``__cause__`` (a
+    `CircuitOpenError` when a breaker guards the loader).
+
+    Attributes:
+        cache: the cache's name.
+        key: the key that could not be loaded.
+        policy: the policy that refused (``"fail_closed"``, ``"fail_open"``,
+            ``"serve_stale"``).
+
+    Example:
+        >>> err = CacheLoadError("members", key="ann", policy="fail_closed")
+        >>> err.key, err.policy
+        ('ann', 'fail_closed')
+        >>> str(err)
+        "cache 'members' could not load 'ann' and its fail_closed policy serves nothing"
+    """
+
+    def __init__(self, cache: str, *, key: Hashable, policy: str) -> None:
+        self.cache = cache
+        self.key = key
+        self.policy = policy
+        super().__init__(
+            f"cache {cache!r} could not load {key!r} and its {policy} policy serves nothing"
+        )
 
 
 class TokenRejectedError(ResilienceError):

@@ -16,6 +16,10 @@ Metrics (meter ``resilience_kit``), every one a counter:
 | ``resilience.fallback.activations`` | ``fallback``, ``error_type`` | substitutes served |
 | ``resilience.chaos.injections`` | ``chaos``, ``kind`` | injected faults |
 
+Caches add observable counters ``resilience.cache.hits``, ``.misses``, ``.loads``,
+``.load_failures``, ``.stale_serves``, ``.fail_open_serves``, ``.denials`` and
+``.invalidations`` (attributes ``cache``, ``policy``); see `resilience_kit.caching`.
+
 ``resilience.circuit_breaker.rejections`` is an observable counter: each breaker keeps
 cumulative counts per state and the counter reads them at collection time, so an open
 breaker rejecting a million calls a second costs no metric call per rejection.

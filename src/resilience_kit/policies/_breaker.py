@@ -294,7 +294,7 @@ class CircuitBreaker(Policy):
 
             self._unsubscribe = self._store.subscribe(name, on_store_change)
             weakref.finalize(self, self._unsubscribe)
-        _telemetry.observe(_telemetry.BREAKER_REJECTIONS, self)
+        _telemetry.observe(_telemetry.BREAKER_REJECTIONS, self, CircuitBreaker._observe_rejections)
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self._state.value})"
@@ -353,7 +353,7 @@ class CircuitBreaker(Policy):
         self._reads = reads + 1
         return {state: next(ticks) - reads for state, ticks in self._rejection_ticks.items()}
 
-    def observe_counts(self) -> list[tuple[int, dict[str, str]]]:
+    def _observe_rejections(self) -> list[tuple[int, dict[str, str]]]:
         """Cumulative rejections per state, for the observable counter (telemetry)."""
         with self._lock:
             counts = self._rejections_locked()
