@@ -23,6 +23,9 @@ from resilience_kit.caching import Served as Served
 from resilience_kit.caching import ServeStale as ServeStale
 from resilience_kit.errors import BulkheadFullError as BulkheadFullError
 from resilience_kit.errors import CacheLoadError as CacheLoadError
+from resilience_kit.errors import CacheSerializationError as CacheSerializationError
+from resilience_kit.errors import CacheStoreError as CacheStoreError
+from resilience_kit.errors import CacheStoreUnavailableError as CacheStoreUnavailableError
 from resilience_kit.errors import CircuitOpenError as CircuitOpenError
 from resilience_kit.errors import ConfigurationError as ConfigurationError
 from resilience_kit.errors import InjectedFaultError as InjectedFaultError
@@ -80,8 +83,11 @@ __all__ = (
     "CacheLookup",
     "CachePolicy",
     "CacheRecord",
+    "CacheSerializationError",
     "CacheStats",
     "CacheStore",
+    "CacheStoreError",
+    "CacheStoreUnavailableError",
     "CircuitBreaker",
     "CircuitOpenError",
     "CircuitState",

@@ -9,6 +9,9 @@ ResilienceError
 ├── BulkheadFullError                        no slot and no room to wait
 ├── InjectedFaultError                       raised by the testing chaos policies
 ├── CacheLoadError                           a cache's loader failed; its policy serves nothing
+├── CacheStoreError                          a cache store could not do what was asked
+│   ├── CacheStoreUnavailableError (also ConnectionError)  its server is unreachable
+│   └── CacheSerializationError (also ValueError)          a key or value cannot be stored
 └── TokenRejectedError (.reason)             a token verifier refused a token
     ├── MalformedTokenError                  "malformed", "too_large"
     ├── TokenAlgorithmError                  "algorithm_not_allowed"
@@ -39,6 +42,9 @@ from typing import Any, ClassVar
 __all__ = (
     "BulkheadFullError",
     "CacheLoadError",
+    "CacheSerializationError",
+    "CacheStoreError",
+    "CacheStoreUnavailableError",
     "CircuitOpenError",
     "ConfigurationError",
     "InjectedFaultError",
@@ -257,6 +263,48 @@ class CacheLoadError(ResilienceError):
         super().__init__(
             f"cache {cache!r} could not load {key!r} and its {policy} policy serves nothing"
         )
+
+
+class CacheStoreError(ResilienceError):
+    """Raised when a cache store cannot do what the cache asked of it.
+
+    A `PolicyCache` treats it like a loader failure, so its policy decides what is
+    served (with the default ``on=Exception``): `FailClosed` denies, `FailOpen` serves
+    its last known good value or default.
+
+    Attributes:
+        store: the store, as its repr.
+        key: the cache key concerned, or ``None`` for the whole store.
+
+    Example:
+        >>> error = CacheStoreError("Redis said no", store="RedisCacheStore('m:')", key="ann")
+        >>> error.key, str(error)
+        ('ann', 'Redis said no')
+    """
+
+    def __init__(self, message: str, *, store: str, key: Hashable | None = None) -> None:
+        self.store = store
+        self.key = key
+        super().__init__(message)
+
+
+class CacheStoreUnavailableError(CacheStoreError, ConnectionError):
+    """Raised when the server behind a cache store cannot be reached, or did not answer in time.
+
+    Example:
+        >>> issubclass(CacheStoreUnavailableError, ConnectionError)
+        True
+    """
+
+
+class CacheSerializationError(CacheStoreError, ValueError):
+    """Raised when a cache store cannot serialise a key or a value: nothing is stored.
+
+    Example:
+        >>> error = CacheSerializationError("not JSON", store="RedisCacheStore('m:')", key=1)
+        >>> isinstance(error, ValueError), error.key
+        (True, 1)
+    """
 
 
 class TokenRejectedError(ResilienceError):

@@ -18,11 +18,12 @@ from resilience_kit.clock import SYSTEM_CLOCK, Clock
 from resilience_kit.errors import ConfigurationError
 from resilience_kit.policies._base import check_positive
 from resilience_kit.policies._breaker_store import BreakerRecord, CircuitState
+from resilience_kit.stores._redis_cache import RedisCacheStore as RedisCacheStore
 
 if TYPE_CHECKING:
     import redis as redis_lib
 
-__all__ = ("RedisBreakerStore",)
+__all__ = ("RedisBreakerStore", "RedisCacheStore")
 
 # Compare-and-set: a write wins unless Redis already holds a newer version. Accepting
 # "stored <= expected" (not only "==") lets an instance that kept going on its own during
