@@ -947,7 +947,7 @@ def test_breakers_on_a_shared_store_are_garbage_collected(clock: VirtualClock) -
     del transient
     gc.collect()
     assert ref() is None
-    assert len(store._subscribers["gc"]) == 1  # its subscription went with it
+    assert len(store._subscribers._callbacks["gc"]) == 1  # its subscription went with it
     keeper.force_open()
     assert keeper.state is FORCED_OPEN
 

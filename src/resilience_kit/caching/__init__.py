@@ -7,6 +7,7 @@ Example:
     >>> cache = PolicyCache(entitlements, ttl=3600.0, policy=FailOpen(default={"seats": 1}))
 """
 
+from resilience_kit._exports import present_at_top_level
 from resilience_kit.caching._cache import CacheLookup as CacheLookup
 from resilience_kit.caching._cache import PolicyCache as PolicyCache
 from resilience_kit.caching._errors import CacheLoadError as CacheLoadError
@@ -37,8 +38,4 @@ __all__ = (
     "Served",
 )
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) and not issubclass(_obj, BaseException):
-        _obj.__module__ = "resilience_kit"
-del _name, _obj
+present_at_top_level(globals(), __all__)

@@ -1,5 +1,6 @@
 """Call policies: each wraps one call, as a decorator for sync and async functions."""
 
+from resilience_kit._exports import present_at_top_level
 from resilience_kit.policies._backoff import Backoff as Backoff
 from resilience_kit.policies._backoff import Jitter as Jitter
 from resilience_kit.policies._base import Policy as Policy
@@ -44,8 +45,4 @@ __all__ = (
     "retry_after_hint",
 )
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if hasattr(_obj, "__module__") and isinstance(_obj, type):
-        _obj.__module__ = "resilience_kit"
-del _name, _obj
+present_at_top_level(globals(), __all__)

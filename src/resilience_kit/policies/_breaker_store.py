@@ -88,6 +88,39 @@ class BreakerStore(Protocol):
         ...
 
 
+class Subscribers:
+    """The breakers listening to a store, per name: thread-safe, for every store to share."""
+
+    __slots__ = ("_callbacks", "_lock")
+
+    def __init__(self) -> None:
+        self._callbacks: dict[str, list[Callable[[BreakerRecord], None]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, callback: Callable[[BreakerRecord], None]) -> Callable[[], None]:
+        """Register ``callback`` for ``name``; return a function that removes it."""
+        with self._lock:
+            self._callbacks.setdefault(name, []).append(callback)
+
+        def remove() -> None:
+            with self._lock:
+                callbacks = self._callbacks.get(name, [])
+                if callback in callbacks:
+                    callbacks.remove(callback)
+
+        return remove
+
+    def notify(self, name: str, record: BreakerRecord) -> None:
+        """Hand ``record`` to every callback of ``name``; one that fails is logged."""
+        with self._lock:
+            callbacks = list(self._callbacks.get(name, ()))
+        for callback in callbacks:
+            try:
+                callback(record)
+            except Exception:  # noqa: BLE001, PERF203  (one bad subscriber must not starve the rest)
+                _telemetry.logger.exception("breaker store: a subscriber of %r failed", name)
+
+
 class InMemoryBreakerStore:
     """A `BreakerStore` in this process: breakers sharing it and a name act as one.
 
@@ -103,7 +136,7 @@ class InMemoryBreakerStore:
 
     def __init__(self) -> None:
         self._records: dict[str, BreakerRecord] = {}
-        self._subscribers: dict[str, list[Callable[[BreakerRecord], None]]] = {}
+        self._subscribers = Subscribers()
         self._lock = threading.Lock()
 
     def load(self, name: str) -> BreakerRecord | None:
@@ -120,23 +153,9 @@ class InMemoryBreakerStore:
             if current is not None and current_version != expected_version:
                 return current
             self._records[name] = record
-            subscribers = list(self._subscribers.get(name, ()))
-        for callback in subscribers:
-            try:
-                callback(record)
-            except Exception:  # noqa: BLE001, PERF203  (one bad subscriber must not starve the rest)
-                _telemetry.logger.exception("breaker store: a subscriber of %r failed", name)
+        self._subscribers.notify(name, record)
         return record
 
     def subscribe(self, name: str, callback: Callable[[BreakerRecord], None]) -> Callable[[], None]:
         """Register ``callback`` for changes of ``name``."""
-        with self._lock:
-            self._subscribers.setdefault(name, []).append(callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                callbacks = self._subscribers.get(name, [])
-                if callback in callbacks:
-                    callbacks.remove(callback)
-
-        return unsubscribe
+        return self._subscribers.add(name, callback)

@@ -11,6 +11,7 @@ Example:
     'ada'
 """
 
+from resilience_kit._exports import present_at_top_level
 from resilience_kit.security._errors import MalformedTokenError as MalformedTokenError
 from resilience_kit.security._errors import TokenAlgorithmError as TokenAlgorithmError
 from resilience_kit.security._errors import TokenClaimError as TokenClaimError
@@ -51,8 +52,4 @@ __all__ = (
     "VersionedTokenVerifier",
 )
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) and not issubclass(_obj, BaseException):
-        _obj.__module__ = "resilience_kit"
-del _name, _obj
+present_at_top_level(globals(), __all__)

@@ -17,7 +17,7 @@ from resilience_kit import _telemetry
 from resilience_kit.clock import SYSTEM_CLOCK, Clock
 from resilience_kit.errors import ConfigurationError
 from resilience_kit.policies._base import check_positive
-from resilience_kit.policies._breaker_store import BreakerRecord, CircuitState
+from resilience_kit.policies._breaker_store import BreakerRecord, CircuitState, Subscribers
 from resilience_kit.stores._redis_cache import RedisCacheStore as RedisCacheStore
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class RedisBreakerStore:
         self._sync_interval = float(sync_interval)
         self._clock = clock or SYSTEM_CLOCK
         self._records: dict[str, BreakerRecord] = {}
-        self._subscribers: dict[str, list[Callable[[BreakerRecord], None]]] = {}
+        self._subscribers = Subscribers()
         self._lock = threading.Lock()
         self._writes: queue.Queue[object] = queue.Queue()
         self._idle = threading.Event()
@@ -151,25 +151,14 @@ class RedisBreakerStore:
             if current is not None and current.version != expected_version:
                 return current
             self._records[name] = record
-            subscribers = list(self._subscribers.get(name, ()))
             self._idle.clear()
             self._writes.put((name, expected_version, record))
-        for callback in subscribers:
-            callback(record)
+        self._subscribers.notify(name, record)
         return record
 
     def subscribe(self, name: str, callback: Callable[[BreakerRecord], None]) -> Callable[[], None]:
         """Call ``callback`` with every new record for ``name``; returns an unsubscriber."""
-        with self._lock:
-            self._subscribers.setdefault(name, []).append(callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                callbacks = self._subscribers.get(name, [])
-                if callback in callbacks:
-                    callbacks.remove(callback)
-
-        return unsubscribe
+        return self._subscribers.add(name, callback)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -233,9 +222,7 @@ class RedisBreakerStore:
             if current is not None and (current.version > record.version or current == record):
                 return
             self._records[name] = record
-            subscribers = list(self._subscribers.get(name, ()))
-        for callback in subscribers:
-            callback(record)
+        self._subscribers.notify(name, record)
 
     def _unhealthy(self, exc: BaseException) -> None:
         if self._healthy:
