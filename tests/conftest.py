@@ -5,9 +5,9 @@ from collections.abc import Iterator
 import pytest
 
 from resilience_kit import _config
-from tests.servers import redis_url
+from tests.servers import postgres_url, redis_url
 
-__all__ = ("redis_url",)
+__all__ = ("postgres_url", "redis_url")
 
 # tests/typing is for mypy only; importing it would run type-level sample code.
 collect_ignore = ["typing"]
