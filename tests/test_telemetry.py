@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Iterator
 
@@ -52,6 +53,9 @@ class Metrics:
 
 @pytest.fixture
 def metrics() -> Iterator[Metrics]:
+    # Observable counters read every live breaker and cache: collect the ones earlier
+    # tests left behind in reference cycles, so that they do not report here.
+    gc.collect()
     recorder = Metrics()
     telemetry.configure(meter_provider=recorder.provider)
     try:

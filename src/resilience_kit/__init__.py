@@ -28,7 +28,10 @@ from resilience_kit.errors import CacheStoreError as CacheStoreError
 from resilience_kit.errors import CacheStoreUnavailableError as CacheStoreUnavailableError
 from resilience_kit.errors import CircuitOpenError as CircuitOpenError
 from resilience_kit.errors import ConfigurationError as ConfigurationError
+from resilience_kit.errors import EventTooLargeError as EventTooLargeError
 from resilience_kit.errors import InjectedFaultError as InjectedFaultError
+from resilience_kit.errors import InvalidEventError as InvalidEventError
+from resilience_kit.errors import MalformedEventError as MalformedEventError
 from resilience_kit.errors import MalformedTokenError as MalformedTokenError
 from resilience_kit.errors import ResilienceError as ResilienceError
 from resilience_kit.errors import RetryExhaustedError as RetryExhaustedError
@@ -42,6 +45,7 @@ from resilience_kit.errors import TokenRejectedError as TokenRejectedError
 from resilience_kit.errors import TokenRevokedError as TokenRevokedError
 from resilience_kit.errors import TokenSignatureError as TokenSignatureError
 from resilience_kit.errors import ValidatorUnavailableError as ValidatorUnavailableError
+from resilience_kit.messaging import Event as Event
 from resilience_kit.policies import Attempt as Attempt
 from resilience_kit.policies import Attempts as Attempts
 from resilience_kit.policies import Backoff as Backoff
@@ -92,6 +96,8 @@ __all__ = (
     "CircuitOpenError",
     "CircuitState",
     "ConfigurationError",
+    "Event",
+    "EventTooLargeError",
     "FailClosed",
     "FailOpen",
     "Fallback",
@@ -99,11 +105,13 @@ __all__ = (
     "InMemoryBreakerStore",
     "InMemoryCacheStore",
     "InjectedFaultError",
+    "InvalidEventError",
     "JWKSKeySource",
     "KeySource",
     "KeyState",
     "KeyVersion",
     "Keyring",
+    "MalformedEventError",
     "MalformedTokenError",
     "Pipeline",
     "Policy",

@@ -12,6 +12,9 @@ ResilienceError
 ├── CacheStoreError                          a cache store could not do what was asked
 │   ├── CacheStoreUnavailableError (also ConnectionError)  its server is unreachable
 │   └── CacheSerializationError (also ValueError)          a key or value cannot be stored
+├── InvalidEventError (also ValueError)      an Event's fields break its rules
+│   ├── MalformedEventError                  Event.from_json was given something that is not one
+│   └── EventTooLargeError                   an event's JSON is larger than max_bytes
 └── TokenRejectedError (.reason)             a token verifier refused a token
     ├── MalformedTokenError                  "malformed", "too_large"
     ├── TokenAlgorithmError                  "algorithm_not_allowed"
@@ -36,7 +39,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Any, ClassVar
 
 __all__ = (
@@ -47,7 +50,10 @@ __all__ = (
     "CacheStoreUnavailableError",
     "CircuitOpenError",
     "ConfigurationError",
+    "EventTooLargeError",
     "InjectedFaultError",
+    "InvalidEventError",
+    "MalformedEventError",
     "MalformedTokenError",
     "ResilienceError",
     "RetryExhaustedError",
@@ -439,3 +445,70 @@ class ValidatorUnavailableError(TokenRejectedError):
     """
 
     reasons = ("validator_unavailable", "keys_unavailable")
+
+
+class InvalidEventError(ResilienceError, ValueError):
+    """Raised when an `Event` cannot be built: a field is missing, mistyped or breaks a rule.
+
+    Nothing is coerced: a set, a tuple, bytes, a NaN or an enum in the payload is refused,
+    not converted. It is also a `ValueError`.
+
+    Attributes:
+        problems: one line per problem, each starting with the field it concerns.
+
+    Example:
+        >>> err = InvalidEventError(["key: must not be empty"])
+        >>> err.problems, isinstance(err, ValueError)
+        (('key: must not be empty',), True)
+        >>> str(err)
+        'invalid event: key: must not be empty'
+    """
+
+    _what: ClassVar[str] = "invalid event"
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(f"{self._what}: {'; '.join(self.problems)}")
+
+
+class MalformedEventError(InvalidEventError):
+    """Raised when `Event.from_json` is given something that is not an event.
+
+    Garbage bytes, truncated or invalid JSON, text that is not UTF-8, a missing, unknown
+    or mistyped field, a payload that is not JSON-exact, ``None`` (a Kafka tombstone):
+    every way in which input can be wrong ends here, never in a parser's own exception.
+    A consumer sends such a message to dead letters without retrying it.
+
+    Example:
+        >>> err = MalformedEventError(["schema_version: Field required"])
+        >>> isinstance(err, InvalidEventError), str(err)
+        (True, 'malformed event: schema_version: Field required')
+    """
+
+    _what = "malformed event"
+
+
+class EventTooLargeError(InvalidEventError):
+    """Raised when an event's JSON is larger than the ``max_bytes`` allowed.
+
+    `Event.to_json` raises it before anything is written; `Event.from_json` raises it
+    before parsing, so an oversized message costs no parsing work.
+
+    Attributes:
+        size: the size of the JSON, in bytes (UTF-8).
+        max_bytes: the limit it broke.
+
+    Example:
+        >>> err = EventTooLargeError(size=2_000_000, max_bytes=1_048_576)
+        >>> err.size, err.max_bytes
+        (2000000, 1048576)
+        >>> str(err)
+        'event too large: 2000000 bytes of JSON, more than max_bytes=1048576'
+    """
+
+    _what = "event too large"
+
+    def __init__(self, *, size: int, max_bytes: int) -> None:
+        self.size = size
+        self.max_bytes = max_bytes
+        super().__init__([f"{size} bytes of JSON, more than max_bytes={max_bytes}"])
