@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/run.py           # full run, about 7 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py           # full run, about 8 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --fast    # rough numbers in about 1.5 minutes
 
 It checks that every case does what it claims (rejections reject, retries retry, and
