@@ -1,6 +1,6 @@
 """resilience-kit: typed, anyio-native resilience primitives for Python services.
 
-Example:
+Examples:
     >>> from resilience_kit import Backoff, CircuitBreaker, Pipeline, RetryPolicy
     >>> policy = Pipeline(
     ...     RetryPolicy(attempts=3, on=ConnectionError, backoff=Backoff.none()),

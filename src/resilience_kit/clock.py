@@ -3,7 +3,7 @@
 Every policy takes a ``clock``; tests pass `resilience_kit.testing.VirtualClock` so that
 retries and breaker timers run without real sleeps.
 
-Example:
+Examples:
     >>> from resilience_kit.clock import SystemClock
     >>> clock = SystemClock()
     >>> clock.monotonic() <= clock.monotonic()
@@ -27,7 +27,7 @@ __all__ = ("Clock", "SystemClock", "TimerClock", "TimerHandle", "get_clock")
 class Clock(Protocol):
     """What a policy needs from time: a monotonic reading, wall time and sleeping.
 
-    Example:
+    Examples:
         >>> isinstance(SystemClock(), Clock)
         True
     """
@@ -73,7 +73,7 @@ class TimerClock(Clock, Protocol):
 class SystemClock:
     """The real clock: `time.monotonic`, `time.time`, `time.sleep` and `anyio.sleep`.
 
-    Example:
+    Examples:
         >>> SystemClock().time() > 0
         True
     """
@@ -101,7 +101,7 @@ def get_clock() -> Clock:
     That is `SystemClock` unless a test installed another one with
     `resilience_kit.testing.use_clock`.
 
-    Example:
+    Examples:
         >>> get_clock()
         SystemClock()
     """

@@ -31,7 +31,7 @@ Retries never wrap your exception: when the attempts run out, the last exception
 propagates unchanged. `RetryExhaustedError` is raised only when the calls *succeeded*
 but a result predicate rejected every result.
 
-Example:
+Examples:
     >>> from resilience_kit import CircuitOpenError, ResilienceError
     >>> issubclass(CircuitOpenError, ResilienceError)
     True
@@ -75,7 +75,7 @@ class ResilienceError(Exception):
 
     Catch it to handle every rejection of the library at once.
 
-    Example:
+    Examples:
         >>> try:
         ...     raise BulkheadFullError("db", max_concurrent=1, max_waiting=0)
         ... except ResilienceError as exc:
@@ -94,7 +94,7 @@ class ConfigurationError(ResilienceError, ValueError):
 
     The message names the parameter; `parameter` holds it too.
 
-    Example:
+    Examples:
         >>> ConfigurationError("attempts", "must be >= 1, got 0").parameter
         'attempts'
     """
@@ -114,7 +114,7 @@ class RetryExhaustedError(ResilienceError):
         attempts: how many attempts ran.
         last_result: the result of the last attempt.
 
-    Example:
+    Examples:
         >>> err = RetryExhaustedError(attempts=3, last_result=None)
         >>> err.attempts
         3
@@ -137,7 +137,7 @@ class CircuitOpenError(ResilienceError):
         retry_after: seconds until the breaker admits a probe, or ``None`` when only an
             operator can close it (forced open). A `RetryPolicy` honours it.
 
-    Example:
+    Examples:
         >>> err = CircuitOpenError("billing", state="open", retry_after=12.5)
         >>> err.retry_after
         12.5
@@ -150,7 +150,7 @@ class CircuitOpenError(ResilienceError):
     def new(cls, name: str, state: str, retry_after: float | None) -> CircuitOpenError:
         """Build one without running ``__init__``: breakers reject on a hot path.
 
-        Example:
+        Examples:
             >>> CircuitOpenError.new("billing", "open", 1.0).state
             'open'
         """
@@ -190,7 +190,7 @@ class TimeoutExceededError(ResilienceError, TimeoutError):
         name: the timeout policy's name.
         seconds: the limit that was exceeded.
 
-    Example:
+    Examples:
         >>> isinstance(TimeoutExceededError("db", seconds=2.0), TimeoutError)
         True
     """
@@ -209,7 +209,7 @@ class BulkheadFullError(ResilienceError):
         max_concurrent: its concurrency limit.
         max_waiting: how many callers may queue.
 
-    Example:
+    Examples:
         >>> BulkheadFullError("db", max_concurrent=10, max_waiting=0).max_concurrent
         10
     """
@@ -226,7 +226,7 @@ class BulkheadFullError(ResilienceError):
 class InjectedFaultError(ResilienceError):
     """Raised by `resilience_kit.testing.ChaosFault` when no other exception was chosen.
 
-    Example:
+    Examples:
         >>> str(InjectedFaultError("chaos"))
         'chaos'
     """
@@ -254,7 +254,7 @@ class CacheLoadError(ResilienceError):
         policy: the policy that refused (``"fail_closed"``, ``"fail_open"``,
             ``"serve_stale"``).
 
-    Example:
+    Examples:
         >>> err = CacheLoadError("members", key="ann", policy="fail_closed")
         >>> err.key, err.policy
         ('ann', 'fail_closed')
@@ -282,7 +282,7 @@ class CacheStoreError(ResilienceError):
         store: the store, as its repr.
         key: the cache key concerned, or ``None`` for the whole store.
 
-    Example:
+    Examples:
         >>> error = CacheStoreError("Redis said no", store="RedisCacheStore('m:')", key="ann")
         >>> error.key, str(error)
         ('ann', 'Redis said no')
@@ -297,7 +297,7 @@ class CacheStoreError(ResilienceError):
 class CacheStoreUnavailableError(CacheStoreError, ConnectionError):
     """Raised when the server behind a cache store cannot be reached, or did not answer in time.
 
-    Example:
+    Examples:
         >>> issubclass(CacheStoreUnavailableError, ConnectionError)
         True
     """
@@ -306,7 +306,7 @@ class CacheStoreUnavailableError(CacheStoreError, ConnectionError):
 class CacheSerializationError(CacheStoreError, ValueError):
     """Raised when a cache store cannot serialise a key or a value: nothing is stored.
 
-    Example:
+    Examples:
         >>> error = CacheSerializationError("not JSON", store="RedisCacheStore('m:')", key=1)
         >>> isinstance(error, ValueError), error.key
         (True, 1)
@@ -324,7 +324,7 @@ class TokenRejectedError(ResilienceError):
         reason: why, in one word (see `reasons` on each subclass).
         key_version: the key version (``kid``) the token named, when it named one.
 
-    Example:
+    Examples:
         >>> err = TokenExpiredError("expired at 1700000000", key_version="v2")
         >>> isinstance(err, TokenRejectedError), err.reason, err.key_version
         (True, 'expired', 'v2')
@@ -344,7 +344,7 @@ class TokenRejectedError(ResilienceError):
 class MalformedTokenError(TokenRejectedError):
     """Raised when a token cannot be parsed, or is larger than the verifier accepts.
 
-    Example:
+    Examples:
         >>> MalformedTokenError("8193 characters", reason="too_large").reason
         'too_large'
     """
@@ -358,7 +358,7 @@ class TokenAlgorithmError(TokenRejectedError):
     This is what algorithm-confusion attacks run into: an RS256 key never verifies an
     HS256 token, whatever the header says.
 
-    Example:
+    Examples:
         >>> TokenAlgorithmError("alg 'none' is never accepted").reason
         'algorithm_not_allowed'
     """
@@ -369,7 +369,7 @@ class TokenAlgorithmError(TokenRejectedError):
 class TokenKeyError(TokenRejectedError):
     """Raised when a token names a key version the verifier does not know, or has retired.
 
-    Example:
+    Examples:
         >>> TokenKeyError("key 'v1' is retired", reason="retired_key").reason
         'retired_key'
     """
@@ -380,7 +380,7 @@ class TokenKeyError(TokenRejectedError):
 class TokenSignatureError(TokenRejectedError):
     """Raised when a token's signature does not match its key.
 
-    Example:
+    Examples:
         >>> TokenSignatureError("signature mismatch").reason
         'bad_signature'
     """
@@ -391,7 +391,7 @@ class TokenSignatureError(TokenRejectedError):
 class TokenExpiredError(TokenRejectedError):
     """Raised when a token's ``exp`` has passed (beyond the leeway).
 
-    Example:
+    Examples:
         >>> TokenExpiredError("expired 3s ago").reason
         'expired'
     """
@@ -402,7 +402,7 @@ class TokenExpiredError(TokenRejectedError):
 class TokenNotYetValidError(TokenRejectedError):
     """Raised when a token's ``nbf`` or ``iat`` lies in the future (beyond the leeway).
 
-    Example:
+    Examples:
         >>> TokenNotYetValidError("valid from 1700000000").reason
         'not_yet_valid'
     """
@@ -413,7 +413,7 @@ class TokenNotYetValidError(TokenRejectedError):
 class TokenClaimError(TokenRejectedError):
     """Raised when a claim is missing, has the wrong type, or names another issuer/audience.
 
-    Example:
+    Examples:
         >>> TokenClaimError("no 'exp' claim", reason="missing_claim").reason
         'missing_claim'
     """
@@ -424,7 +424,7 @@ class TokenClaimError(TokenRejectedError):
 class TokenRevokedError(TokenRejectedError):
     """Raised when a token was revoked here, or the remote validator says it is inactive.
 
-    Example:
+    Examples:
         >>> TokenRevokedError("revoked by an operator").reason
         'revoked'
     """
@@ -439,7 +439,7 @@ class ValidatorUnavailableError(TokenRejectedError):
     remote validator (or the JWKS endpoint, for a key it has never seen) is down, slow or
     behind an open circuit breaker.
 
-    Example:
+    Examples:
         >>> ValidatorUnavailableError("circuit open").reason
         'validator_unavailable'
     """
@@ -456,7 +456,7 @@ class InvalidEventError(ResilienceError, ValueError):
     Attributes:
         problems: one line per problem, each starting with the field it concerns.
 
-    Example:
+    Examples:
         >>> err = InvalidEventError(["key: must not be empty"])
         >>> err.problems, isinstance(err, ValueError)
         (('key: must not be empty',), True)
@@ -479,7 +479,7 @@ class MalformedEventError(InvalidEventError):
     every way in which input can be wrong ends here, never in a parser's own exception.
     A consumer sends such a message to dead letters without retrying it.
 
-    Example:
+    Examples:
         >>> err = MalformedEventError(["schema_version: Field required"])
         >>> isinstance(err, InvalidEventError), str(err)
         (True, 'malformed event: schema_version: Field required')
@@ -498,7 +498,7 @@ class EventTooLargeError(InvalidEventError):
         size: the size of the JSON, in bytes (UTF-8).
         max_bytes: the limit it broke.
 
-    Example:
+    Examples:
         >>> err = EventTooLargeError(size=2_000_000, max_bytes=1_048_576)
         >>> err.size, err.max_bytes
         (2000000, 1048576)

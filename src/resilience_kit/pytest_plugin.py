@@ -3,7 +3,7 @@
 The fixtures are synchronous, so they work the same under anyio's pytest plugin,
 pytest-asyncio, or plain pytest.
 
-Example:
+Examples:
     ```python
     def test_gives_up(virtual_clock):
         ...  # every policy built without a clock now runs on virtual_clock

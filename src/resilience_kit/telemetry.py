@@ -32,7 +32,7 @@ The same events are added to the current span (if one is recording) as span even
 named after the metric without its ``resilience.`` prefix, e.g. ``retry.attempts``.
 Logs go to the ``resilience_kit`` logger.
 
-Example:
+Examples:
     >>> from opentelemetry.sdk.metrics import MeterProvider
     >>> from resilience_kit import telemetry
     >>> telemetry.configure(meter_provider=MeterProvider())

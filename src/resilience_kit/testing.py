@@ -8,7 +8,7 @@
 - pytest fixtures ``virtual_clock`` and ``no_wait`` (registered automatically through
   the ``pytest11`` entry point; they work with anyio's plugin and pytest-asyncio alike).
 
-Example:
+Examples:
     >>> from resilience_kit import Backoff, RetryPolicy
     >>> from resilience_kit.testing import VirtualClock
     >>> clock = VirtualClock()
@@ -82,7 +82,7 @@ class VirtualClock:
     Attributes:
         sleeps: every sleep requested, in order (for assertions).
 
-    Example:
+    Examples:
         >>> clock = VirtualClock(start=100.0)
         >>> clock.sleep(5)
         >>> clock.monotonic()
@@ -214,7 +214,7 @@ def no_wait(enabled: bool = True) -> Switch:
 
     Retries still happen, hooks still see the planned delays; nothing waits.
 
-    Example:
+    Examples:
         >>> from resilience_kit.testing import no_wait
         >>> with no_wait():
         ...     pass  # retries in here do not sleep
@@ -231,7 +231,7 @@ def no_wait(enabled: bool = True) -> Switch:
 def use_clock(clock: Clock | None) -> Switch:
     """Make ``clock`` the clock of every policy built without one — at once, or in a ``with``.
 
-    Example:
+    Examples:
         >>> from resilience_kit.clock import get_clock
         >>> with use_clock(VirtualClock()):
         ...     type(get_clock()).__name__
@@ -328,7 +328,7 @@ class ChaosFault(_Chaos):
         rand: a random source, for reproducible runs.
         name: a name for metrics.
 
-    Example:
+    Examples:
         >>> from resilience_kit.testing import ChaosFault
         >>> chaos = ChaosFault(ConnectionError("injected"), schedule=[True, False])
         >>> @chaos
@@ -416,7 +416,7 @@ class ChaosLatency(_Chaos):
     On the virtual clock the delay is instant, but it still trips a `Timeout` and counts
     as a slow call for a `CircuitBreaker` on the same clock.
 
-    Example:
+    Examples:
         >>> from resilience_kit.testing import ChaosLatency, VirtualClock
         >>> clock = VirtualClock()
         >>> slow = ChaosLatency(2.0, clock=clock)
@@ -464,7 +464,7 @@ class ChaosLatency(_Chaos):
 class ChaosResult(_Chaos, Generic[T]):
     """Return a substitute result without calling the function, at a rate or on a schedule.
 
-    Example:
+    Examples:
         >>> from resilience_kit.testing import ChaosResult
         >>> stale = ChaosResult(value={"plan": "free"}, rate=1.0)
         >>> stale.call(lambda: {"plan": "pro"})

@@ -1,6 +1,6 @@
 """Caches that know what to serve when their source is down: `PolicyCache` and its policies.
 
-Example:
+Examples:
     >>> from resilience_kit.caching import FailOpen, PolicyCache
     >>> async def entitlements(org: str) -> dict[str, int]:
     ...     return {"seats": 10}

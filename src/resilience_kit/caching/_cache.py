@@ -110,7 +110,7 @@ class CacheLookup(Generic[V]):
         error: the loader's exception, when a stale, fallback or default value was
             served because the loader failed.
 
-    Example:
+    Examples:
         >>> import anyio
         >>> from resilience_kit.caching import PolicyCache
         >>> async def plan(org: str) -> str:
@@ -208,7 +208,7 @@ class PolicyCache(Generic[K, V]):
     Raises:
         ConfigurationError: for a bad parameter; the message names it.
 
-    Example:
+    Examples:
         >>> import anyio
         >>> from resilience_kit.caching import CacheLoadError, FailClosed, PolicyCache
         >>> members = {("org-1", "ann")}
@@ -339,7 +339,7 @@ class PolicyCache(Generic[K, V]):
             TypeError: ``key`` is ``None`` or not hashable.
             ValueError: ``key`` does not equal itself (a NaN).
 
-        Example:
+        Examples:
             >>> import anyio
             >>> async def square(n: int) -> int:
             ...     return n * n
@@ -355,7 +355,7 @@ class PolicyCache(Generic[K, V]):
     async def lookup(self, key: K) -> CacheLookup[V]:
         """Like `get`, but return a `CacheLookup`: the value, where it came from, and why.
 
-        Example:
+        Examples:
             >>> import anyio
             >>> async def square(n: int) -> int:
             ...     return n * n
@@ -637,7 +637,7 @@ class PolicyCache(Generic[K, V]):
         read or loaded before it; a get waiting on such a load starts a new one. Once
         begun, it completes even if the caller is cancelled.
 
-        Example:
+        Examples:
             >>> import anyio
             >>> calls = []
             >>> async def load(key: str) -> int:
@@ -661,7 +661,7 @@ class PolicyCache(Generic[K, V]):
     async def invalidate_all(self) -> None:
         """Drop every key, as `invalidate` does for one.
 
-        Example:
+        Examples:
             >>> import anyio
             >>> async def load(key: str) -> str:
             ...     return key
@@ -691,7 +691,7 @@ class PolicyCache(Generic[K, V]):
 
         For events that carry the new value. It counts as an invalidation.
 
-        Example:
+        Examples:
             >>> import anyio
             >>> async def load(org: str) -> str:
             ...     return "free"
@@ -750,7 +750,7 @@ class PolicyCache(Generic[K, V]):
     def stats(self) -> CacheStats:
         """A snapshot of the counters (also reported to OpenTelemetry as ``resilience.cache.*``).
 
-        Example:
+        Examples:
             >>> import anyio
             >>> async def load(key: str) -> str:
             ...     return key

@@ -42,7 +42,7 @@ class CacheStats:
         invalidations: calls of ``invalidate``, ``invalidate_all`` and ``put``.
         loads_in_progress: loads running now.
 
-    Example:
+    Examples:
         >>> CacheStats(hits=3, misses=1).hit_ratio
         0.75
     """

@@ -36,7 +36,7 @@ class Served(str, enum.Enum):
 
     A cache that serves nothing raises `CacheLoadError` (a *denial*).
 
-    Example:
+    Examples:
         >>> Served.STALE.value
         'stale'
     """
@@ -62,7 +62,7 @@ class FallbackEvent:
         age: seconds since the served value was loaded; ``None`` for the default.
         error: the loader's exception.
 
-    Example:
+    Examples:
         >>> event = FallbackEvent("entitlements", "org-1", Served.DEFAULT, None, OSError())
         >>> event.served
         <Served.DEFAULT: 'default'>
@@ -91,7 +91,7 @@ class CachePolicy(ABC, Generic[T_co]):
     an expired record may be served while it is refreshed (stale-while-revalidate), what
     to serve when the loader fails, and how long a record is worth keeping.
 
-    Example:
+    Examples:
         >>> isinstance(FailClosed(), CachePolicy)
         True
     """
@@ -119,7 +119,7 @@ class FailClosed(CachePolicy[Never]):
     For security decisions: the analysis' membership cache ("reject on cache miss",
     15-minute ttl, invalidated on MemberRemoved). An expired record is never served.
 
-    Example:
+    Examples:
         >>> from resilience_kit.caching import FailClosed, PolicyCache
         >>> async def is_member(key: tuple[str, str]) -> bool:
         ...     return True
@@ -160,7 +160,7 @@ class FailOpen(CachePolicy[T_co]):
     Raises:
         ConfigurationError: for a bad parameter; the message names it.
 
-    Example:
+    Examples:
         >>> from resilience_kit.caching import FailOpen
         >>> warnings = []
         >>> policy = FailOpen(default={"plan": "free"}, on_fallback=warnings.append)
@@ -272,7 +272,7 @@ class ServeStale(CachePolicy[Never]):
         ConfigurationError: for a negative or infinite window, or when both are 0 (that
             is `FailClosed`; for a last known good value of any age use `FailOpen`).
 
-    Example:
+    Examples:
         >>> from resilience_kit.caching import ServeStale
         >>> ServeStale(stale_while_revalidate=30.0, stale_if_error=3600.0)
         ServeStale(stale_while_revalidate=30.0, stale_if_error=3600.0)

@@ -31,7 +31,7 @@ class CacheRecord(Generic[V]):
             may drop it; ``None`` means keep it while there is room (a `FailOpen`
             cache's last known good value).
 
-    Example:
+    Examples:
         >>> record = CacheRecord("pro", loaded_at=10.0, expires_at=70.0, retain_until=None)
         >>> record.expires_at - record.loaded_at
         60.0
@@ -68,7 +68,7 @@ class CacheStore(Protocol[K_contra, V]):
       begun write or invalidation is lost: a store talking to a server must bound
       their waiting with timeouts of its own.
 
-    Example:
+    Examples:
         >>> isinstance(InMemoryCacheStore(), CacheStore)
         True
     """
@@ -119,7 +119,7 @@ class InMemoryCacheStore(Generic[K, V]):
     Attributes:
         evictions: records evicted to make room, since creation.
 
-    Example:
+    Examples:
         >>> import anyio
         >>> store = InMemoryCacheStore(max_size=1)
         >>> async def main() -> None:

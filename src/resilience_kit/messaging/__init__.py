@@ -1,6 +1,6 @@
 """Messaging reliability: the `Event` envelope that outboxes store and consumers decode.
 
-Example:
+Examples:
     >>> from resilience_kit.messaging import Event
     >>> event = Event(type="org.member_removed", key="org:acme", payload={"user": "ann"})
     >>> Event.from_json(event.to_json()) == event

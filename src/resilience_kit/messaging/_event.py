@@ -246,7 +246,7 @@ class Event(BaseModel):
         InvalidEventError: a field is missing, mistyped or breaks its rule; `problems`
             names each one. Never a pydantic ``ValidationError``.
 
-    Example:
+    Examples:
         >>> from resilience_kit.messaging import Event
         >>> event = Event(type="org.member_removed", key="org:acme", payload={"user": "ann"})
         >>> event.schema_version, event.id.version, event.occurred_at.tzinfo
@@ -330,7 +330,7 @@ class Event(BaseModel):
             EventTooLargeError: the JSON is larger than ``max_bytes``.
             ConfigurationError: ``max_bytes`` is not an int >= 1.
 
-        Example:
+        Examples:
             >>> from datetime import datetime, timezone
             >>> from uuid import UUID
             >>> event = Event(
@@ -374,7 +374,7 @@ class Event(BaseModel):
             EventTooLargeError: ``data`` is larger than ``max_bytes``.
             ConfigurationError: ``max_bytes`` is not an int >= 1.
 
-        Example:
+        Examples:
             >>> event = Event.from_json(
             ...     '{"id":"0190f1e2-7b3a-7c00-8000-000000000001","type":"org.member_added",'
             ...     '"key":"org:acme","payload":{"user":"ann"},"headers":{},'
@@ -421,7 +421,7 @@ class Event(BaseModel):
         Raises:
             InvalidEventError: a header name or value breaks the rules.
 
-        Example:
+        Examples:
             >>> event = Event(type="org.created", key="org:acme", payload={})
             >>> traced = event.with_headers({"x-request-id": "r1"}, traceparent="00-ab-cd-01")
             >>> traced.headers, traced.id == event.id, event.headers

@@ -35,7 +35,7 @@ class Backoff:
     - ``"equal"``: uniform in ``[base / 2, base]``.
     - ``"decorrelated"``: uniform in ``[initial, min(maximum, 3 * previous)]``.
 
-    Example:
+    Examples:
         >>> b = Backoff.exponential(initial=0.1, maximum=1.0, jitter="none")
         >>> [b.delay(n) for n in range(1, 6)]
         [0.1, 0.2, 0.4, 0.8, 1.0]
@@ -78,7 +78,7 @@ class Backoff:
     def none(cls) -> Backoff:
         """Retry at once, with no delay (a zero delay never sleeps).
 
-        Example:
+        Examples:
             >>> Backoff.none().delay(3)
             0.0
         """
@@ -88,7 +88,7 @@ class Backoff:
     def constant(cls, delay: float, *, jitter: Jitter = "none") -> Backoff:
         """Wait the same ``delay`` before every retry.
 
-        Example:
+        Examples:
             >>> Backoff.constant(0.5).delay(7)
             0.5
         """
@@ -106,7 +106,7 @@ class Backoff:
     ) -> Backoff:
         """Wait ``initial + step * (n - 1)``, capped at ``maximum``.
 
-        Example:
+        Examples:
             >>> b = Backoff.linear(initial=1.0, step=0.5, maximum=2.0)
             >>> [b.delay(n) for n in (1, 2, 3, 4)]
             [1.0, 1.5, 2.0, 2.0]
@@ -126,7 +126,7 @@ class Backoff:
 
         Full jitter is the default: it spreads out clients that failed together.
 
-        Example:
+        Examples:
             >>> b = Backoff.exponential(initial=1.0, maximum=10.0)
             >>> 0.0 <= b.delay(3) <= 4.0
             True
@@ -139,7 +139,7 @@ class Backoff:
     def fixed(cls, delays: Sequence[float]) -> Backoff:
         """Wait the given delays in order, repeating the last one.
 
-        Example:
+        Examples:
             >>> b = Backoff.fixed([0.1, 1.0, 5.0])
             >>> [b.delay(n) for n in (1, 2, 3, 4)]
             [0.1, 1.0, 5.0, 5.0]
@@ -166,7 +166,7 @@ class Backoff:
     def base(self, retry: int) -> float:
         """The delay before retry number ``retry`` (1-based) before jitter, capped.
 
-        Example:
+        Examples:
             >>> Backoff.exponential(initial=1.0, maximum=100.0).base(4)
             8.0
         """
@@ -209,7 +209,7 @@ class Backoff:
             previous: the delay before the previous retry (decorrelated jitter uses it).
             rand: a source of floats in ``[0, 1)``; pass one for deterministic tests.
 
-        Example:
+        Examples:
             >>> Backoff.exponential(initial=1.0, maximum=8.0, jitter="equal").delay(
             ...     3, rand=lambda: 0.0
             ... )

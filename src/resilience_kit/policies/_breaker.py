@@ -131,7 +131,7 @@ class CircuitBreaker(Policy):
     Raises:
         ConfigurationError: for a bad parameter; the message names it.
 
-    Example:
+    Examples:
         >>> from resilience_kit import CircuitBreaker, CircuitOpenError
         >>> breaker = CircuitBreaker("billing", window=4, minimum_calls=2, open_for=30.0)
         >>> @breaker
@@ -327,7 +327,7 @@ class CircuitBreaker(Policy):
     def metrics(self) -> BreakerMetrics:
         """A snapshot of the window and state.
 
-        Example:
+        Examples:
             >>> CircuitBreaker("x").metrics().calls
             0
         """

@@ -21,7 +21,7 @@ class CircuitState(str, enum.Enum):
     - ``DISABLED``: calls run; nothing is recorded.
     - ``METRICS_ONLY``: calls run and are recorded; the state never changes.
 
-    Example:
+    Examples:
         >>> CircuitState.OPEN.value
         'open'
     """
@@ -124,7 +124,7 @@ class Subscribers:
 class InMemoryBreakerStore:
     """A `BreakerStore` in this process: breakers sharing it and a name act as one.
 
-    Example:
+    Examples:
         >>> from resilience_kit import CircuitBreaker
         >>> store = InMemoryBreakerStore()
         >>> a = CircuitBreaker("billing", store=store)

@@ -31,7 +31,7 @@ class RetryBudget:
         buckets: how finely the window slides.
         clock: the clock (the virtual clock in tests).
 
-    Example:
+    Examples:
         >>> from resilience_kit.testing import VirtualClock
         >>> budget = RetryBudget(ratio=0.5, min_retries_per_second=0.0, clock=VirtualClock())
         >>> for _ in range(4):
@@ -131,7 +131,7 @@ class RetryBudget:
     def snapshot(self) -> tuple[int, int]:
         """Return ``(calls, retries)`` counted in the current window.
 
-        Example:
+        Examples:
             >>> RetryBudget().snapshot()
             (0, 0)
         """

@@ -80,7 +80,7 @@ class Bulkhead(Policy):
         name: a name for errors, logs and metrics.
         clock: the clock ``max_wait`` follows for async callers.
 
-    Example:
+    Examples:
         >>> from resilience_kit import Bulkhead
         >>> bulkhead = Bulkhead(max_concurrent=10, max_waiting=20, max_wait=1.0, name="db")
         >>> @bulkhead

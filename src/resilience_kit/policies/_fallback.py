@@ -37,7 +37,7 @@ class Fallback(Policy, Generic[T]):
         on_result: a predicate on results that should be replaced.
         name: a name for logs and metrics.
 
-    Example:
+    Examples:
         >>> from resilience_kit import CircuitOpenError, Fallback
         >>> @Fallback(value=[], on=(CircuitOpenError, ConnectionError))
         ... def recommendations() -> list[str]:

@@ -23,7 +23,7 @@ class Pipeline(Policy):
     Raises:
         ConfigurationError: when empty or given something that is not a policy.
 
-    Example:
+    Examples:
         >>> from resilience_kit import Backoff, CircuitBreaker, Pipeline, RetryPolicy
         >>> resilient = Pipeline(
         ...     RetryPolicy(attempts=3, on=ConnectionError, backoff=Backoff.none()),

@@ -64,7 +64,7 @@ def retry_after_hint(exc: BaseException) -> float | None:
     zero. `CircuitOpenError` carries one, so a retry waits for the breaker's next probe
     rather than hammering it.
 
-    Example:
+    Examples:
         >>> class Throttled(Exception):
         ...     retry_after = 2
         >>> retry_after_hint(Throttled())
@@ -134,7 +134,7 @@ class RetryPolicy(Policy):
     Raises:
         ConfigurationError: for a bad parameter; the message names it.
 
-    Example:
+    Examples:
         >>> from resilience_kit import Backoff, RetryPolicy
         >>> calls = []
         >>> @RetryPolicy(attempts=3, on=ConnectionError, backoff=Backoff.none())
@@ -385,7 +385,7 @@ class RetryPolicy(Policy):
         exception inside the block is swallowed and the loop goes on after the delay;
         otherwise it propagates. After a success the loop ends.
 
-        Example:
+        Examples:
             >>> from resilience_kit import Backoff, RetryPolicy
             >>> retry = RetryPolicy(attempts=3, on=KeyError, backoff=Backoff.none())
             >>> seen = []

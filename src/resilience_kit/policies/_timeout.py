@@ -31,7 +31,7 @@ class Timeout(Policy):
         name: a name for errors, logs and metrics.
         clock: the clock whose time the deadline follows.
 
-    Example:
+    Examples:
         >>> import anyio
         >>> from resilience_kit import Timeout, TimeoutExceededError
         >>> @Timeout(0.01)

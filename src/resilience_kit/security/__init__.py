@@ -1,6 +1,6 @@
 """Token verification for rolling deploys: versioned keys, issuers, verifiers, JWKS.
 
-Example:
+Examples:
     >>> from resilience_kit.security import (
     ...     Keyring, KeyState, TokenIssuer, VersionedTokenVerifier,
     ... )

@@ -35,7 +35,7 @@ class TokenIssuer:
     Raises:
         ConfigurationError: for a bad parameter; the message names it.
 
-    Example:
+    Examples:
         >>> from resilience_kit.security import Keyring, KeyState
         >>> ring = Keyring()
         >>> _ = ring.add("v7", b"k" * 32, state=KeyState.ACTIVE)
@@ -100,7 +100,7 @@ class TokenIssuer:
                 this kind, or for a bad argument.
             TypeError: when a claim is not JSON-serialisable.
 
-        Example:
+        Examples:
             >>> from resilience_kit.security import Keyring, KeyState
             >>> ring = Keyring()
             >>> _ = ring.add("v1", b"k" * 32, state=KeyState.ACTIVE)

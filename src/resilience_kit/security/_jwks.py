@@ -74,7 +74,7 @@ class JWKSKeySource:
     Raises:
         ConfigurationError: for a bad parameter, or when PyJWT is not installed.
 
-    Example:
+    Examples:
         >>> import anyio
         >>> async def fetch() -> dict:
         ...     return {"keys": []}  # a real endpoint returns public keys

@@ -23,7 +23,7 @@ class KeyState(enum.Enum):
     - ``ACCEPTED``: tokens signed with it are still accepted; no new ones are issued.
     - ``RETIRED``: tokens signed with it are rejected with reason ``"retired_key"``.
 
-    Example:
+    Examples:
         >>> KeyState.ACCEPTED.value
         'accepted'
     """
@@ -48,7 +48,7 @@ class KeyVersion:
         verifying_key: the secret (HMAC) or public key that checks signatures.
         signing_key: the secret or private key that signs, or ``None`` (verify only).
 
-    Example:
+    Examples:
         >>> ring = Keyring()
         >>> key = ring.add("v1", b"0123456789abcdef0123456789abcdef", state=KeyState.ACTIVE)
         >>> key
@@ -80,7 +80,7 @@ class KeySource(Protocol):
     ``find``. ``generation`` must change whenever a key's state or material changes, so
     that the verifier re-checks the tokens it cached.
 
-    Example:
+    Examples:
         >>> isinstance(Keyring(), KeySource)
         True
     """
@@ -122,7 +122,7 @@ class Keyring:
     Args:
         clock: the clock whose wall time schedules retirements.
 
-    Example:
+    Examples:
         >>> ring = Keyring()
         >>> _ = ring.add("v1", b"1" * 32, state=KeyState.ACTIVE)
         >>> _ = ring.add("v2", b"2" * 32)            # 1. accepted
@@ -158,7 +158,7 @@ class Keyring:
     def find(self, version: str) -> KeyVersion | None:
         """The key called ``version``, or ``None``.
 
-        Example:
+        Examples:
             >>> Keyring().find("v1") is None
             True
         """
@@ -178,7 +178,7 @@ class Keyring:
     def active(self) -> KeyVersion | None:
         """The version new tokens are signed with, if any.
 
-        Example:
+        Examples:
             >>> ring = Keyring()
             >>> _ = ring.add("v1", b"1" * 32, state=KeyState.ACTIVE)
             >>> ring.active.version
@@ -192,7 +192,7 @@ class Keyring:
     def state_of(self, version: str) -> KeyState | None:
         """The state of ``version`` now (scheduled retirements included), or ``None``.
 
-        Example:
+        Examples:
             >>> ring = Keyring()
             >>> _ = ring.add("v1", b"1" * 32)
             >>> ring.state_of("v1"), ring.state_of("v9")
@@ -230,7 +230,7 @@ class Keyring:
             ConfigurationError: for a duplicate version, an unsupported algorithm, or a
                 key that does not fit the algorithm.
 
-        Example:
+        Examples:
             >>> Keyring().add("v1", b"s" * 32).state
             <KeyState.ACCEPTED: 'accepted'>
         """
@@ -259,7 +259,7 @@ class Keyring:
         Raises:
             ConfigurationError: if ``version`` is unknown or already retired.
 
-        Example:
+        Examples:
             >>> ring = Keyring()
             >>> _ = ring.add("v1", b"1" * 32)
             >>> ring.activate("v1")
@@ -287,7 +287,7 @@ class Keyring:
         Raises:
             ConfigurationError: if ``version`` is unknown or is the active version.
 
-        Example:
+        Examples:
             >>> ring = Keyring()
             >>> _ = ring.add("v1", b"1" * 32)
             >>> ring.retire("v1", after=3600.0)
@@ -318,7 +318,7 @@ class Keyring:
         Raises:
             ConfigurationError: if ``version`` is unknown or is the active version.
 
-        Example:
+        Examples:
             >>> ring = Keyring()
             >>> _ = ring.add("v1", b"1" * 32)
             >>> ring.remove("v1")

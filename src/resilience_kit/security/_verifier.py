@@ -62,7 +62,7 @@ class VerifiedToken:
         expires_at: its ``exp`` (wall-clock seconds since the epoch), or ``None``.
         from_cache: ``True`` when served from the verifier's cache of verified tokens.
 
-    Example:
+    Examples:
         >>> token = VerifiedToken({"sub": "ada"}, "compact", "v1", "HS256", None)
         >>> token.subject, token.from_cache
         ('ada', False)
@@ -208,7 +208,7 @@ class VersionedTokenVerifier:
     Raises:
         ConfigurationError: for a bad parameter; the message names it.
 
-    Example:
+    Examples:
         >>> from resilience_kit.security import Keyring, KeyState, TokenIssuer
         >>> ring = Keyring()
         >>> _ = ring.add("v1", b"k" * 32, state=KeyState.ACTIVE)
@@ -326,7 +326,7 @@ class VersionedTokenVerifier:
         Raises:
             TokenRejectedError: a subclass saying why (``reason``); nothing else.
 
-        Example:
+        Examples:
             >>> import anyio
             >>> from resilience_kit.security import Keyring, KeyState, TokenIssuer
             >>> ring = Keyring()
@@ -359,7 +359,7 @@ class VersionedTokenVerifier:
         Raises:
             TokenRejectedError: a subclass saying why (``reason``); nothing else.
 
-        Example:
+        Examples:
             >>> from resilience_kit.security import Keyring
             >>> verifier = VersionedTokenVerifier(Keyring())
             >>> try:
@@ -579,7 +579,7 @@ class VersionedTokenVerifier:
             token_or_jti: a token, or the value of a ``jti`` claim.
             until: when to forget the revocation.
 
-        Example:
+        Examples:
             >>> from resilience_kit.security import Keyring, KeyState, TokenIssuer
             >>> ring = Keyring()
             >>> _ = ring.add("v1", b"k" * 32, state=KeyState.ACTIVE)
@@ -630,7 +630,7 @@ class VersionedTokenVerifier:
     def clear_cache(self) -> None:
         """Drop every cached verdict: the next presentation of each token is verified afresh.
 
-        Example:
+        Examples:
             >>> from resilience_kit.security import Keyring
             >>> VersionedTokenVerifier(Keyring()).clear_cache()
         """

@@ -218,7 +218,7 @@ class RedisCacheStore(Generic[K, V]):
     Raises:
         ConfigurationError: for a bad parameter.
 
-    Example:
+    Examples:
         ```python
         store = RedisCacheStore(url="redis://redis:6379/0", prefix="memberships")
         memberships = PolicyCache(is_member, ttl=900, policy=FailClosed(), store=store)

@@ -79,7 +79,7 @@ class RedisBreakerStore:
     Raises:
         ConfigurationError: for a bad parameter.
 
-    Example:
+    Examples:
         ```python
         store = RedisBreakerStore(url="redis://localhost:6379/0")
         breaker = CircuitBreaker("billing", store=store)  # shared by every instance
