@@ -21,6 +21,7 @@ from resilience_kit.errors import (
     ConfigurationError,
 )
 from resilience_kit.policies._base import check_positive
+from resilience_kit.stores._redis_client import redis_client
 
 if TYPE_CHECKING:
     import redis as redis_lib
@@ -257,9 +258,8 @@ class RedisCacheStore(Generic[K, V]):
         invalidation_ttl: float = 3_600.0,
         clock: Clock | None = None,
     ) -> None:
-        redis = _import_redis()
-        if (client is None) == (url is None):
-            raise ConfigurationError("client", "give exactly one of client= and url=")
+        owns_client = client is None
+        redis, client = redis_client("RedisCacheStore", client, url)
         if not isinstance(prefix, str) or not prefix:
             raise ConfigurationError("prefix", f"must be a non-empty string, got {prefix!r}")
         check_positive("retention", retention)
@@ -272,9 +272,7 @@ class RedisCacheStore(Generic[K, V]):
             adapter = None if value_type is None else pydantic.TypeAdapter(value_type)
         except pydantic.PydanticUserError as exc:
             raise ConfigurationError("value_type", f"pydantic cannot use it: {exc}") from exc
-        self._owns_client = client is None
-        if client is None:
-            client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._owns_client = owns_client
         self._client: redis_lib.Redis = client
         self.prefix = prefix if prefix.endswith(":") else prefix + ":"
         self.retention = float(retention)
@@ -581,16 +579,6 @@ def _json_key(key: object) -> str:
 def _glob_escape(text: str) -> str:
     """Escape the characters Redis's SCAN MATCH treats as a pattern."""
     return "".join("\\" + char if char in "*?[]\\" else char for char in text)
-
-
-def _import_redis() -> Any:
-    try:
-        import redis  # noqa: PLC0415  (optional extra, imported on use)
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "RedisCacheStore needs redis-py: pip install 'resilience-patterns[redis]'"
-        ) from exc
-    return redis
 
 
 # Reprs and docs name the public home (resilience_kit.stores.redis re-exports it).

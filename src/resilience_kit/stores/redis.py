@@ -11,7 +11,7 @@ import json
 import queue
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from resilience_kit import _telemetry
 from resilience_kit.clock import SYSTEM_CLOCK, Clock
@@ -19,6 +19,7 @@ from resilience_kit.errors import ConfigurationError
 from resilience_kit.policies._base import check_positive
 from resilience_kit.policies._breaker_store import BreakerRecord, CircuitState, Subscribers
 from resilience_kit.stores._redis_cache import RedisCacheStore as RedisCacheStore
+from resilience_kit.stores._redis_client import redis_client
 
 if TYPE_CHECKING:
     import redis as redis_lib
@@ -42,16 +43,6 @@ return ARGV[2]
 """
 
 _STOP = object()
-
-
-def _import_redis() -> Any:
-    try:
-        import redis  # noqa: PLC0415  (optional extra, imported on use)
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "RedisBreakerStore needs redis-py: pip install 'resilience-patterns[redis]'"
-        ) from exc
-    return redis
 
 
 class RedisBreakerStore:
@@ -95,14 +86,10 @@ class RedisBreakerStore:
         sync_interval: float = 1.0,
         clock: Clock | None = None,
     ) -> None:
-        redis = _import_redis()
-        if (client is None) == (url is None):
-            raise ConfigurationError("client", "give exactly one of client= and url=")
+        _, client = redis_client("RedisBreakerStore", client, url)
         if not prefix:
             raise ConfigurationError("prefix", "must not be empty")
         check_positive("sync_interval", sync_interval)
-        if client is None:
-            client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._client: redis_lib.Redis = client
         self._prefix = prefix
         self._sync_interval = float(sync_interval)
