@@ -451,6 +451,7 @@ class CircuitBreaker(Policy):
         record = self._record
         open_until = record.open_until
         if record.state is OPEN and open_until is not None:
+            # resolve_clock inlined: this is the hot path of an open breaker.
             now = (self._clock or _config.state.clock or SYSTEM_CLOCK).monotonic()
             if now < open_until:
                 next(self._open_ticks)
