@@ -24,7 +24,13 @@ MODULES = [
     "resilience_kit.testing",
     "resilience_kit.telemetry",
     "resilience_kit.pytest_plugin",
+    "resilience_kit.stores",
+    "resilience_kit.stores.memory",
+    "resilience_kit.stores.sqlite",
+    "resilience_kit.stores.postgres",
     "resilience_kit.stores.redis",
+    "resilience_kit.transports",
+    "resilience_kit.cli",
 ]
 
 

@@ -28,13 +28,21 @@ from resilience_kit.errors import CacheStoreError as CacheStoreError
 from resilience_kit.errors import CacheStoreUnavailableError as CacheStoreUnavailableError
 from resilience_kit.errors import CircuitOpenError as CircuitOpenError
 from resilience_kit.errors import ConfigurationError as ConfigurationError
+from resilience_kit.errors import CorruptRecordError as CorruptRecordError
 from resilience_kit.errors import EventTooLargeError as EventTooLargeError
+from resilience_kit.errors import IdempotencyConflictError as IdempotencyConflictError
+from resilience_kit.errors import IdempotencyError as IdempotencyError
+from resilience_kit.errors import IdempotencyInProgressError as IdempotencyInProgressError
+from resilience_kit.errors import IdempotencyKeyError as IdempotencyKeyError
 from resilience_kit.errors import InjectedFaultError as InjectedFaultError
 from resilience_kit.errors import InvalidEventError as InvalidEventError
 from resilience_kit.errors import MalformedEventError as MalformedEventError
 from resilience_kit.errors import MalformedTokenError as MalformedTokenError
 from resilience_kit.errors import ResilienceError as ResilienceError
 from resilience_kit.errors import RetryExhaustedError as RetryExhaustedError
+from resilience_kit.errors import StoreError as StoreError
+from resilience_kit.errors import StoreUnavailableError as StoreUnavailableError
+from resilience_kit.errors import StoreURLError as StoreURLError
 from resilience_kit.errors import TimeoutExceededError as TimeoutExceededError
 from resilience_kit.errors import TokenAlgorithmError as TokenAlgorithmError
 from resilience_kit.errors import TokenClaimError as TokenClaimError
@@ -45,7 +53,16 @@ from resilience_kit.errors import TokenRejectedError as TokenRejectedError
 from resilience_kit.errors import TokenRevokedError as TokenRevokedError
 from resilience_kit.errors import TokenSignatureError as TokenSignatureError
 from resilience_kit.errors import ValidatorUnavailableError as ValidatorUnavailableError
+from resilience_kit.messaging import DeadLetter as DeadLetter
+from resilience_kit.messaging import DeadLetterFilter as DeadLetterFilter
+from resilience_kit.messaging import DeadLetterQueue as DeadLetterQueue
 from resilience_kit.messaging import Event as Event
+from resilience_kit.messaging import IdempotencyMiddleware as IdempotencyMiddleware
+from resilience_kit.messaging import Inbox as Inbox
+from resilience_kit.messaging import Outbox as Outbox
+from resilience_kit.messaging import OutboxRelay as OutboxRelay
+from resilience_kit.messaging import ResilientConsumer as ResilientConsumer
+from resilience_kit.messaging import idempotent as idempotent
 from resilience_kit.policies import Attempt as Attempt
 from resilience_kit.policies import Attempts as Attempts
 from resilience_kit.policies import Backoff as Backoff
@@ -96,14 +113,24 @@ __all__ = (
     "CircuitOpenError",
     "CircuitState",
     "ConfigurationError",
+    "CorruptRecordError",
+    "DeadLetter",
+    "DeadLetterFilter",
+    "DeadLetterQueue",
     "Event",
     "EventTooLargeError",
     "FailClosed",
     "FailOpen",
     "Fallback",
     "FallbackEvent",
+    "IdempotencyConflictError",
+    "IdempotencyError",
+    "IdempotencyInProgressError",
+    "IdempotencyKeyError",
+    "IdempotencyMiddleware",
     "InMemoryBreakerStore",
     "InMemoryCacheStore",
+    "Inbox",
     "InjectedFaultError",
     "InvalidEventError",
     "JWKSKeySource",
@@ -113,10 +140,13 @@ __all__ = (
     "Keyring",
     "MalformedEventError",
     "MalformedTokenError",
+    "Outbox",
+    "OutboxRelay",
     "Pipeline",
     "Policy",
     "PolicyCache",
     "ResilienceError",
+    "ResilientConsumer",
     "RetryBudget",
     "RetryEvent",
     "RetryExhaustedError",
@@ -124,6 +154,9 @@ __all__ = (
     "ServeStale",
     "Served",
     "StateTransition",
+    "StoreError",
+    "StoreURLError",
+    "StoreUnavailableError",
     "Timeout",
     "TimeoutExceededError",
     "TokenAlgorithmError",
@@ -139,5 +172,6 @@ __all__ = (
     "VerifiedToken",
     "VersionedTokenVerifier",
     "__version__",
+    "idempotent",
     "retry_after_hint",
 )

@@ -23,6 +23,10 @@ BULKHEAD_REJECTIONS = "resilience.bulkhead.rejections"
 TIMEOUT_EXPIRATIONS = "resilience.timeout.expirations"
 FALLBACK_ACTIVATIONS = "resilience.fallback.activations"
 CHAOS_INJECTIONS = "resilience.chaos.injections"
+OUTBOX_EVENTS = "resilience.outbox.events"
+OUTBOX_BACKLOG = "resilience.outbox.backlog"
+OUTBOX_LAG = "resilience.outbox.lag"
+CONSUMER_MESSAGES = "resilience.consumer.messages"
 
 _DESCRIPTIONS = {
     RETRY_ATTEMPTS: "Retries scheduled and retry give-ups",
@@ -32,7 +36,15 @@ _DESCRIPTIONS = {
     TIMEOUT_EXPIRATIONS: "Calls cancelled by a timeout",
     FALLBACK_ACTIVATIONS: "Fallback values served",
     CHAOS_INJECTIONS: "Faults injected by chaos policies",
+    OUTBOX_EVENTS: "Outbox rows handled by relays, by outcome",
+    OUTBOX_BACKLOG: "Outbox rows not yet published, by state, as last measured by a relay",
+    OUTBOX_LAG: "Seconds since the oldest unpublished outbox row was added",
+    CONSUMER_MESSAGES: "Messages handled by resilient consumers, by outcome",
 }
+
+# Instruments read by `observe` that report a current value, not a running total.
+_GAUGES = {OUTBOX_BACKLOG, OUTBOX_LAG}
+_UNITS = {OUTBOX_LAG: "s"}
 
 logger = logging.getLogger("resilience_kit")
 logger.addHandler(logging.NullHandler())  # a library never prints unless configured
@@ -43,7 +55,7 @@ _counters: dict[str, Counter] = {}
 _observables: dict[str, Any] = {}
 
 
-Reading = Iterable[tuple[int, Mapping[str, str]]]
+Reading = Iterable[tuple[float, Mapping[str, str]]]
 
 
 # For events too frequent to count one by one (breaker rejections, cache hits), their
@@ -89,8 +101,12 @@ def _observable(name: str) -> None:
         return
     provider = _meter_provider or metrics.get_meter_provider()
     meter = provider.get_meter(METER_NAME)
-    _observables[name] = meter.create_observable_counter(
-        name, callbacks=[_collector(name)], unit="1", description=_sources[name][2]
+    create = meter.create_observable_gauge if name in _GAUGES else meter.create_observable_counter
+    _observables[name] = create(
+        name,
+        callbacks=[_collector(name)],
+        unit=_UNITS.get(name, "1"),
+        description=_sources[name][2],
     )
 
 
@@ -98,7 +114,7 @@ def _collector(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def collect(options: CallbackOptions) -> Iterable[Observation]:
         owners, read, _ = _sources[name]
         # Owners sharing attributes (two breakers with one name) add up to one point.
-        totals: dict[frozenset[tuple[str, str]], int] = {}
+        totals: dict[frozenset[tuple[str, str]], float] = {}
         for owner in list(owners):
             for value, attributes in read(owner):
                 labels = frozenset(attributes.items())
@@ -111,7 +127,10 @@ def _collector(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
 def observe(
     name: str, owner: object, read: Callable[[Any], Reading], description: str | None = None
 ) -> None:
-    """Report ``read(owner)`` — cumulative counts — on the observable counter ``name``.
+    """Report ``read(owner)`` on the observable instrument ``name``.
+
+    Counters read cumulative counts; gauges (backlog, lag) read current values, and
+    owners sharing attributes add up.
 
     ``owner`` is held weakly; every owner registered under one name must be read the
     same way. The instrument follows `configure`.
@@ -133,13 +152,13 @@ def span_event(name: str, attributes: Mapping[str, str | int | float]) -> None:
             span.add_event(name[_PREFIX:], attributes)
 
 
-def emit(name: str, attributes: Mapping[str, str | int | float]) -> None:
-    """Count one event on the metric ``name`` and add it to the current span.
+def emit(name: str, attributes: Mapping[str, str | int | float], amount: int = 1) -> None:
+    """Count ``amount`` events on the metric ``name`` and add one span event for them.
 
     Callers may pass a shared, cached attributes mapping: it is never modified.
     """
     counter = _counters.get(name) or _counter(name)
-    counter.add(1, attributes)
+    counter.add(amount, attributes)
     span_event(name, attributes)
 
 

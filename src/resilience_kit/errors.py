@@ -3,6 +3,7 @@
 ```text
 ResilienceError
 ├── ConfigurationError (also ValueError)     a policy was built with a bad parameter
+│   └── StoreURLError                        a store URL cannot be understood
 ├── RetryExhaustedError                      a result predicate kept asking for retries
 ├── CircuitOpenError                         a breaker rejected the call
 ├── TimeoutExceededError (also TimeoutError) a Timeout cancelled the call
@@ -15,6 +16,13 @@ ResilienceError
 ├── InvalidEventError (also ValueError)      an Event's fields break its rules
 │   ├── MalformedEventError                  Event.from_json was given something that is not one
 │   └── EventTooLargeError                   an event's JSON is larger than max_bytes
+├── StoreError                               a messaging store could not do what was asked
+│   ├── StoreUnavailableError (also ConnectionError)  its database or server is unreachable
+│   └── CorruptRecordError (also ValueError)          a stored record cannot be read back
+├── IdempotencyError                         an idempotent call was refused
+│   ├── IdempotencyKeyError (also ValueError)         the key is missing, empty or too long
+│   ├── IdempotencyConflictError             the key was used before with a different request
+│   └── IdempotencyInProgressError           a call with the key is running right now
 └── TokenRejectedError (.reason)             a token verifier refused a token
     ├── MalformedTokenError                  "malformed", "too_large"
     ├── TokenAlgorithmError                  "algorithm_not_allowed"
@@ -50,13 +58,21 @@ __all__ = (
     "CacheStoreUnavailableError",
     "CircuitOpenError",
     "ConfigurationError",
+    "CorruptRecordError",
     "EventTooLargeError",
+    "IdempotencyConflictError",
+    "IdempotencyError",
+    "IdempotencyInProgressError",
+    "IdempotencyKeyError",
     "InjectedFaultError",
     "InvalidEventError",
     "MalformedEventError",
     "MalformedTokenError",
     "ResilienceError",
     "RetryExhaustedError",
+    "StoreError",
+    "StoreURLError",
+    "StoreUnavailableError",
     "TimeoutExceededError",
     "TokenAlgorithmError",
     "TokenClaimError",
@@ -512,3 +528,123 @@ class EventTooLargeError(InvalidEventError):
         self.size = size
         self.max_bytes = max_bytes
         super().__init__([f"{size} bytes of JSON, more than max_bytes={max_bytes}"])
+
+
+class StoreURLError(ConfigurationError):
+    """Raised when a store URL cannot be understood; the message says what is wrong with it.
+
+    The URL's password, if any, is never repeated in the message.
+
+    Examples:
+        >>> error = StoreURLError("mysql://db/app", "unknown scheme 'mysql'")
+        >>> error.parameter, str(error)
+        ('url', "url: unknown scheme 'mysql' (use sqlite:///path, postgresql://..., redis://..., memory://)")
+    """
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        super().__init__(
+            "url",
+            f"{problem} (use sqlite:///path, postgresql://..., redis://..., memory://)",
+        )
+
+
+class StoreError(ResilienceError):
+    """Raised when a messaging store (outbox, dead letters, inbox, idempotency) fails.
+
+    Attributes:
+        store: the store, as its repr (never with a password).
+
+    Examples:
+        >>> str(StoreError("the outbox table is missing", store="SQLiteStore('app.db')"))
+        'the outbox table is missing'
+    """
+
+    def __init__(self, message: str, *, store: str) -> None:
+        self.store = store
+        super().__init__(message)
+
+
+class StoreUnavailableError(StoreError, ConnectionError):
+    """Raised when a store's database or server cannot be reached, or did not answer in time.
+
+    Examples:
+        >>> issubclass(StoreUnavailableError, ConnectionError)
+        True
+    """
+
+
+class CorruptRecordError(StoreError, ValueError):
+    """Raised when a stored record cannot be read back: a corrupted row or value.
+
+    Nothing is deleted or rewritten because of it: the record stays where it is for an
+    operator to inspect, and the other records are still served.
+
+    Attributes:
+        record: which record, as the store names it (a row id, a key).
+
+    Examples:
+        >>> error = CorruptRecordError("not JSON", store="SQLiteStore('app.db')", record="42")
+        >>> error.record, isinstance(error, ValueError)
+        ('42', True)
+    """
+
+    def __init__(self, message: str, *, store: str, record: str) -> None:
+        self.record = record
+        super().__init__(message, store=store)
+
+
+class IdempotencyError(ResilienceError):
+    """Raised when an idempotent call is refused; the root of the idempotency errors.
+
+    Attributes:
+        key: the idempotency key, scoped as stored (``"tenant-a:order-17"``).
+
+    Examples:
+        >>> IdempotencyError("refused", key="order-17").key
+        'order-17'
+    """
+
+    def __init__(self, message: str, *, key: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+class IdempotencyKeyError(IdempotencyError, ValueError):
+    """Raised when an idempotency key is missing, empty, too long or not a string.
+
+    Examples:
+        >>> error = IdempotencyKeyError("the key is empty", key="")
+        >>> isinstance(error, ValueError), str(error)
+        (True, 'the key is empty')
+    """
+
+
+class IdempotencyConflictError(IdempotencyError):
+    """Raised when a key is used again with a different request (another fingerprint).
+
+    The stored result is not returned and the function does not run: reusing a key
+    for a different request is a client bug (HTTP 422 in the Idempotency-Key draft).
+
+    Examples:
+        >>> error = IdempotencyConflictError("key reused with another request", key="k1")
+        >>> error.key
+        'k1'
+    """
+
+
+class IdempotencyInProgressError(IdempotencyError):
+    """Raised when a call with the same key is still running (HTTP 409 in the draft).
+
+    Attributes:
+        retry_after: seconds until the running call's claim expires, when known.
+
+    Examples:
+        >>> error = IdempotencyInProgressError("running", key="k1", retry_after=2.5)
+        >>> error.retry_after
+        2.5
+    """
+
+    def __init__(self, message: str, *, key: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, key=key)

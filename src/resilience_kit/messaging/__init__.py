@@ -1,4 +1,16 @@
-"""Messaging reliability: the `Event` envelope that outboxes store and consumers decode.
+"""Messaging reliability: outbox and relay, inbox, dead letters, resilient consumers.
+
+- `Event`: the envelope every message travels in.
+- `Outbox` + `OutboxRelay`: events written in your own database transaction, then
+  published at least once, in order per key.
+- `Inbox`: de-duplication by event id, so effects happen once.
+- `DeadLetterQueue`: what was given up on, to list, replay or purge.
+- `ResilientConsumer`: de-duplicate, retry, dead-letter, keep consuming.
+- `idempotent` + `IdempotencyMiddleware`: run a call once per idempotency key; the
+  Idempotency-Key header contract for any ASGI app.
+- The store protocols (`OutboxStore`, `DeadLetterStore`, `InboxStore`,
+  `IdempotencyStore`) and transport protocols (`Publisher`, `Subscriber`) that the
+  backends in `resilience_kit.stores` and `resilience_kit.transports` implement.
 
 Examples:
     >>> from resilience_kit.messaging import Event
@@ -9,15 +21,73 @@ Examples:
 
 from resilience_kit._exports import present_at_top_level
 from resilience_kit.errors import EventTooLargeError as EventTooLargeError
+from resilience_kit.errors import IdempotencyConflictError as IdempotencyConflictError
+from resilience_kit.errors import IdempotencyError as IdempotencyError
+from resilience_kit.errors import IdempotencyInProgressError as IdempotencyInProgressError
+from resilience_kit.errors import IdempotencyKeyError as IdempotencyKeyError
 from resilience_kit.errors import InvalidEventError as InvalidEventError
 from resilience_kit.errors import MalformedEventError as MalformedEventError
+from resilience_kit.messaging._asgi import IdempotencyMiddleware as IdempotencyMiddleware
+from resilience_kit.messaging._consumer import Outcome as Outcome
+from resilience_kit.messaging._consumer import ResilientConsumer as ResilientConsumer
+from resilience_kit.messaging._dead_letter import REPLAYS_HEADER as REPLAYS_HEADER
+from resilience_kit.messaging._dead_letter import DeadLetterQueue as DeadLetterQueue
+from resilience_kit.messaging._dead_letter import ReplayReport as ReplayReport
 from resilience_kit.messaging._event import Event as Event
+from resilience_kit.messaging._idempotency import idempotent as idempotent
+from resilience_kit.messaging._inbox import Inbox as Inbox
+from resilience_kit.messaging._outbox import Outbox as Outbox
+from resilience_kit.messaging._protocols import DeadLetterStore as DeadLetterStore
+from resilience_kit.messaging._protocols import Delivery as Delivery
+from resilience_kit.messaging._protocols import IdempotencyStore as IdempotencyStore
+from resilience_kit.messaging._protocols import InboxStore as InboxStore
+from resilience_kit.messaging._protocols import OutboxEntry as OutboxEntry
+from resilience_kit.messaging._protocols import OutboxStore as OutboxStore
+from resilience_kit.messaging._protocols import Publisher as Publisher
+from resilience_kit.messaging._protocols import Subscriber as Subscriber
+from resilience_kit.messaging._records import DeadLetter as DeadLetter
+from resilience_kit.messaging._records import DeadLetterFilter as DeadLetterFilter
+from resilience_kit.messaging._records import IdempotencyRecord as IdempotencyRecord
+from resilience_kit.messaging._records import OutboxMessage as OutboxMessage
+from resilience_kit.messaging._records import OutboxStatus as OutboxStatus
+from resilience_kit.messaging._relay import OutboxRelay as OutboxRelay
+from resilience_kit.messaging._relay import RelayReport as RelayReport
 
 __all__ = (
+    "REPLAYS_HEADER",
+    "DeadLetter",
+    "DeadLetterFilter",
+    "DeadLetterQueue",
+    "DeadLetterStore",
+    "Delivery",
     "Event",
     "EventTooLargeError",
+    "IdempotencyConflictError",
+    "IdempotencyError",
+    "IdempotencyInProgressError",
+    "IdempotencyKeyError",
+    "IdempotencyMiddleware",
+    "IdempotencyRecord",
+    "IdempotencyStore",
+    "Inbox",
+    "InboxStore",
     "InvalidEventError",
     "MalformedEventError",
+    "Outbox",
+    "OutboxEntry",
+    "OutboxMessage",
+    "OutboxRelay",
+    "OutboxStatus",
+    "OutboxStore",
+    "Outcome",
+    "Publisher",
+    "RelayReport",
+    "ReplayReport",
+    "ResilientConsumer",
+    "Subscriber",
+    "idempotent",
 )
 
-present_at_top_level(globals(), __all__)
+present_at_top_level(
+    globals(), [name for name in __all__ if name not in ("REPLAYS_HEADER", "Outcome")]
+)

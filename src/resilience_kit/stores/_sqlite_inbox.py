@@ -1,0 +1,95 @@
+"""SQLiteInboxStore: processed event ids per consumer, in the ``rk_inbox`` table."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+from uuid import UUID
+
+from resilience_kit.stores._sqlite_database import Database, check_connection, now
+
+__all__ = ("SQLiteInboxStore",)
+
+_MARK = "INSERT OR IGNORE INTO rk_inbox (consumer, event_id) VALUES (?, ?)"
+
+
+class SQLiteInboxStore:
+    """An `InboxStore` in SQLite (``SQLiteStore(...).inbox``).
+
+    `mark` writes in the caller's transaction, so the consumer's own writes and the
+    record that the event was processed commit (or roll back) together.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def __repr__(self) -> str:
+        return f"{self._db.label}.inbox"
+
+    def mark(self, connection: sqlite3.Connection, consumer: str, event_id: UUID) -> bool:
+        """Record the event as processed inside the caller's transaction on ``connection``.
+
+        True the first time, False for a duplicate. Never commits.
+        """
+        if not self._db.schema_ready:
+            self._db.check_caller_schema(connection)
+        try:
+            return connection.execute(_MARK, (consumer, event_id.bytes)).rowcount == 1
+        except sqlite3.Error as error:
+            raise self._db.error(error) from error
+        except AttributeError:  # not a connection: say so (costs nothing until then)
+            check_connection(connection)
+            raise
+
+    async def mark_async(self, connection: Any, consumer: str, event_id: UUID) -> bool:
+        """`mark` for a caller's connection from async code (runs here: it is the caller's).
+
+        With ``connection=None`` the record is written in a transaction of its own.
+        """
+        if connection is None:
+            return await self.record(consumer, event_id)
+        return self.mark(connection, consumer, event_id)
+
+    async def record(self, consumer: str, event_id: UUID) -> bool:
+        """Record the event in a transaction of the store's own; True the first time."""
+        return await self._db.call(
+            lambda connection: connection.execute(_MARK, (consumer, event_id.bytes)).rowcount == 1,
+            write=True,
+        )
+
+    async def contains(self, consumer: str, event_id: UUID) -> bool:
+        """Whether the event was recorded for ``consumer``."""
+        return await self._db.call(
+            lambda connection: (
+                connection.execute(
+                    "SELECT 1 FROM rk_inbox WHERE consumer = ? AND event_id = ?",
+                    (consumer, event_id.bytes),
+                ).fetchone()
+                is not None
+            ),
+            write=False,
+        )
+
+    async def forget(self, consumer: str, event_id: UUID) -> bool:
+        """Remove the record (so a replay is processed again); True if it existed."""
+        return await self._db.call(
+            lambda connection: (
+                connection.execute(
+                    "DELETE FROM rk_inbox WHERE consumer = ? AND event_id = ?",
+                    (consumer, event_id.bytes),
+                ).rowcount
+                == 1
+            ),
+            write=True,
+        )
+
+    async def purge(self, *, older_than: float) -> int:
+        """Remove records older than ``older_than`` seconds (database clock)."""
+
+        def purge(connection: sqlite3.Connection) -> int:
+            cutoff = now(connection) - older_than
+            return connection.execute(
+                "DELETE FROM rk_inbox WHERE processed_at <= ?", (cutoff,)
+            ).rowcount
+
+        return await self._db.call(purge, write=True)

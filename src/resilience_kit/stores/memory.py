@@ -1,0 +1,79 @@
+"""The in-memory backend: every messaging store, in one process, on an injectable clock.
+
+For tests, examples and single-process tools. Nothing survives the process; use
+`resilience_kit.stores.sqlite.SQLiteStore` (the embedded default) or PostgreSQL to keep
+messages across restarts.
+
+Examples:
+    >>> from resilience_kit.messaging import Event, Outbox
+    >>> from resilience_kit.stores.memory import MemoryStore
+    >>> store = MemoryStore()
+    >>> outbox = Outbox(store.outbox, topic="orgs")
+    >>> with store.transaction() as transaction:
+    ...     outbox.add(transaction, Event(type="org.created", key="org:1", payload={}))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from resilience_kit.clock import Clock
+from resilience_kit.policies._base import resolve_clock
+from resilience_kit.stores._memory_dead_letters import MemoryDeadLetterStore
+from resilience_kit.stores._memory_idempotency import MemoryIdempotencyStore
+from resilience_kit.stores._memory_inbox import MemoryInboxStore
+from resilience_kit.stores._memory_outbox import MemoryOutboxStore
+from resilience_kit.stores._memory_transaction import MemoryTransaction
+
+__all__ = ("MemoryIdempotencyStore", "MemoryStore", "MemoryTransaction")
+
+
+class MemoryStore:
+    """Outbox, dead letters, inbox and idempotency records in memory.
+
+    Args:
+        clock: the clock for leases, retry times and expiry (default: the system clock,
+            or the one `resilience_kit.testing.use_clock` installed).
+
+    Attributes:
+        outbox: the `OutboxStore`.
+        dead_letters: the `DeadLetterStore`.
+        inbox: the `InboxStore`.
+        idempotency: the `IdempotencyStore`.
+
+    Examples:
+        >>> from resilience_kit.testing import VirtualClock
+        >>> store = MemoryStore(clock=VirtualClock())
+        >>> with store.transaction() as transaction:
+        ...     pass  # pass `transaction` where a database connection goes
+        >>> store.outbox
+        MemoryOutboxStore(0 rows)
+    """
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self.clock = resolve_clock(clock)
+        self.dead_letters = MemoryDeadLetterStore()
+        self.outbox = MemoryOutboxStore(self.clock, self.dead_letters)
+        self.inbox = MemoryInboxStore(self.clock)
+        self.idempotency = MemoryIdempotencyStore(self.clock)
+
+    def __repr__(self) -> str:
+        return "MemoryStore()"
+
+    @contextmanager
+    def transaction(self) -> Iterator[MemoryTransaction]:
+        """A transaction: its writes apply if the block ends normally, vanish if it raises."""
+        transaction = MemoryTransaction()
+        try:
+            yield transaction
+        except BaseException:
+            transaction.rollback()
+            raise
+        transaction.commit()
+
+    def migrate(self) -> None:
+        """Nothing to create: present so that every backend can be set up the same way."""
+
+    def close(self) -> None:
+        """Nothing to release: present so that every backend can be closed the same way."""

@@ -1,0 +1,154 @@
+"""PostgreSQL backend for messaging: outbox, dead letters, inbox and idempotency records.
+
+Needs the ``postgres`` extra (``pip install 'resilience-patterns[postgres]'``): psycopg 3
+and psycopg_pool. The store runs psycopg's synchronous API on worker threads, so it
+serves asyncio and trio alike; `Outbox.add` and `Inbox.mark` also take the caller's own
+psycopg connection, so events and de-duplication records commit in the caller's
+transaction.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from resilience_kit.stores._postgres_db import Database
+from resilience_kit.stores._postgres_dead_letters import PostgresDeadLetters
+from resilience_kit.stores._postgres_idempotency import PostgresIdempotency
+from resilience_kit.stores._postgres_inbox import PostgresInbox
+from resilience_kit.stores._postgres_notify import Listener, channel_for
+from resilience_kit.stores._postgres_outbox import PostgresOutbox
+from resilience_kit.stores._postgres_schema import migrate
+
+if TYPE_CHECKING:
+    import psycopg_pool
+    from typing_extensions import Self
+
+__all__ = ("PostgresStore",)
+
+
+class PostgresStore:
+    """Messaging stores in one PostgreSQL schema, sharing one connection pool.
+
+    The components are attributes: ``outbox`` (an `OutboxStore`), ``dead_letters``,
+    ``inbox`` and ``idempotency``. Their tables (prefixed ``rk_``) are created in
+    ``schema`` by `migrate`, or on first use; every statement names the schema, so the
+    ``search_path`` of a connection passed to `Outbox.add` does not matter. Times
+    (leases, retries, expiry) are measured by the database's clock.
+
+    Args:
+        url: a PostgreSQL URI or libpq connection string; or give ``pool``.
+        pool: a `psycopg_pool.ConnectionPool` of your own, already open (it is left
+            open by `close`).
+        schema: the schema for the tables (created if missing): an identifier.
+        min_size: connections the store's pool keeps open (with ``url``).
+        max_size: connections the store's pool opens at most (with ``url``).
+        notify: wake relays with LISTEN/NOTIFY when rows are added (one ``pg_notify``
+            per adding transaction); without it relays only poll.
+        timeout: seconds to wait for a connection before raising
+            `StoreUnavailableError`.
+
+    Raises:
+        ConfigurationError: not exactly one of ``url`` and ``pool``, a bad schema name
+            or pool size (`StoreURLError` for a malformed URL).
+        ImportError: the ``postgres`` extra is not installed.
+
+    Examples:
+        Nothing connects before first use, and the password never shows:
+
+        >>> store = PostgresStore("postgresql://app:s3cret@db.internal/app", schema="orders")
+        >>> store
+        PostgresStore('postgresql://app:***@db.internal/app', schema='orders')
+        >>> store.close()
+
+        In a service:
+
+        ```python
+        with PostgresStore("postgresql://app@db/app") as store:
+            store.migrate()
+            outbox = Outbox(store.outbox)
+            with psycopg.connect("postgresql://app@db/app") as conn, conn.transaction():
+                conn.execute("UPDATE orders SET state = 'paid' WHERE id = %s", (order_id,))
+                outbox.add(conn, "orders", Event(type="order.paid", key=order_id, payload={}))
+        ```
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        pool: psycopg_pool.ConnectionPool[Any] | None = None,
+        schema: str = "public",
+        min_size: int = 1,
+        max_size: int = 10,
+        notify: bool = True,
+        timeout: float = 10.0,
+    ) -> None:
+        self._db = Database(
+            url,
+            pool,
+            schema=schema,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            migrate=migrate,
+        )
+        channel = channel_for(schema)
+        self._listener = Listener(self._db, channel) if notify else None
+        self.outbox = PostgresOutbox(self._db, listener=self._listener, channel=channel)
+        self.dead_letters = PostgresDeadLetters(self._db)
+        self.inbox = PostgresInbox(self._db)
+        self.idempotency = PostgresIdempotency(self._db)
+
+    @property
+    def schema(self) -> str:
+        """The schema holding the tables.
+
+        Examples:
+            >>> store = PostgresStore("postgresql://localhost/app", schema="messaging")
+            >>> store.schema
+            'messaging'
+            >>> store.close()
+        """
+        return self._db.schema
+
+    def __repr__(self) -> str:
+        return self._db.name
+
+    def migrate(self) -> None:
+        """Create or upgrade the tables now (idempotent; safe from concurrent processes).
+
+        Blocking: call it at start-up, or from a worker thread. The components also
+        migrate on first use.
+
+        Raises:
+            StoreUnavailableError: the server cannot be reached.
+            StoreError: the schema was created by a newer resilience-kit.
+
+        Examples:
+            ```python
+            PostgresStore("postgresql://app@db/app", schema="messaging").migrate()
+            ```
+        """
+        self._db.migrate()
+
+    def close(self) -> None:
+        """Close the pool (unless it was given) and the notification listener.
+
+        Examples:
+            >>> PostgresStore("postgresql://localhost/app").close()
+        """
+        if self._listener is not None:
+            self._listener.close()
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

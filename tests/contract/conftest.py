@@ -1,0 +1,132 @@
+"""Backends for the store contract suites: every suite runs against each backend here.
+
+A backend fixture yields a `Backend`: the store object, and a way to open a transaction
+on the store's own database with the backend's native connection (what a service does
+around `Outbox.add` and `Inbox.mark`). Each test gets a fresh, empty store: a new SQLite
+file, a new PostgreSQL schema, a new Redis key prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from resilience_kit.testing import VirtualClock
+
+
+@dataclass
+class Backend:
+    """A store under test and how to run a transaction on its database."""
+
+    name: str
+    store: Any
+    transaction: Callable[[], contextlib.AbstractContextManager[Any]]
+    clock: VirtualClock | None = None  # set when the store's clock can be moved
+
+
+def _memory() -> Iterator[Backend]:
+    from resilience_kit.stores.memory import MemoryStore  # noqa: PLC0415
+
+    clock = VirtualClock(start=1_000.0)
+    store = MemoryStore(clock=clock)
+    yield Backend("memory", store, store.transaction, clock)
+
+
+def _sqlite(tmp_path: Any) -> Iterator[Backend]:
+    import sqlite3  # noqa: PLC0415
+
+    from resilience_kit.stores.sqlite import SQLiteStore  # noqa: PLC0415
+
+    path = tmp_path / "store.db"
+    store = SQLiteStore(path)
+    store.migrate()
+
+    @contextlib.contextmanager
+    def transaction() -> Iterator[sqlite3.Connection]:
+        connection = store.connect()
+        try:
+            with connection:  # commits on success, rolls back on an exception
+                yield connection
+        finally:
+            connection.close()
+
+    try:
+        yield Backend("sqlite", store, transaction)
+    finally:
+        store.close()
+
+
+def _postgres(url: str) -> Iterator[Backend]:
+    import psycopg  # noqa: PLC0415
+
+    from resilience_kit.stores.postgres import PostgresStore  # noqa: PLC0415
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    store = PostgresStore(url, schema=schema)
+    store.migrate()
+
+    @contextlib.contextmanager
+    def transaction() -> Iterator[psycopg.Connection[Any]]:
+        with psycopg.connect(url) as connection, connection.transaction():
+            yield connection
+
+    try:
+        yield Backend("postgres", store, transaction)
+    finally:
+        store.close()
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def _redis(url: str) -> Iterator[Backend]:
+    import redis  # noqa: PLC0415
+
+    from resilience_kit.stores.redis import RedisStore  # noqa: PLC0415
+
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    store = RedisStore(url=url, prefix=prefix)
+
+    @contextlib.contextmanager
+    def transaction() -> Iterator[None]:
+        yield None  # Redis has no transaction to share with a caller's own writes
+
+    try:
+        yield Backend("redis", store, transaction)
+    finally:
+        store.close()
+        client = redis.Redis.from_url(url)
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}*"))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def sql_like_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
+    """The backends that hold an outbox (and share transactions with the caller)."""
+    yield from _make(request, tmp_path)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
+def any_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
+    """Every backend: for dead letters, inbox records and idempotency."""
+    yield from _make(request, tmp_path)
+
+
+def _make(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
+    name = request.param
+    if name == "memory":
+        yield from _memory()
+    elif name == "sqlite":
+        yield from _sqlite(tmp_path)
+    elif name == "postgres":
+        yield from _postgres(request.getfixturevalue("postgres_url"))
+    else:
+        yield from _redis(request.getfixturevalue("redis_url"))
