@@ -236,6 +236,12 @@ def make_store_context(make_store: Callable[[], Any]) -> Iterator[Any]:
         yield store
     finally:
         store.close()
+        schema = getattr(store, "schema", None)
+        if schema and schema.startswith("bench_"):  # a PostgreSQL schema made for the run
+            import psycopg  # noqa: PLC0415 - optional extra
+
+            with psycopg.connect(os.environ["POSTGRES_URL"], autocommit=True) as connection:
+                connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 # -- 3. idempotent calls ----------------------------------------------------------------

@@ -26,6 +26,9 @@ PUBLIC_MODULES = [
     "resilience_kit.stores.postgres",
     "resilience_kit.stores.redis",
     "resilience_kit.transports",
+    "resilience_kit.transports.memory",
+    "resilience_kit.transports.redis",
+    "resilience_kit.transports.kafka",
     "resilience_kit.cli",
 ]
 

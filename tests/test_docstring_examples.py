@@ -30,6 +30,7 @@ MODULES = [
     "resilience_kit.stores.postgres",
     "resilience_kit.stores.redis",
     "resilience_kit.transports",
+    "resilience_kit.transports.memory",
     "resilience_kit.cli",
 ]
 

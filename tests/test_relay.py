@@ -319,3 +319,102 @@ async def test_store_and_publisher_are_checked(store: MemoryStore) -> None:
         OutboxRelay(object(), RecordingPublisher())  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="publisher"):
         OutboxRelay(store.outbox, object())  # type: ignore[arg-type]
+
+
+async def test_an_unsendable_row_neither_stalls_other_keys_nor_spins() -> None:
+    clock = VirtualClock(auto_advance=False)
+    store = MemoryStore(clock=clock)
+    add(store, event("poison", 0))
+    publisher = RecordingPublisher(
+        fail=lambda _, e: ValueError("rejected by the broker") if e.key == "poison" else None
+    )
+    outbox_relay = relay(store, publisher, clock, max_attempts=1_000, poll_interval=1.0)
+    real_claim = store.outbox.claim
+    claims = {"count": 0}
+
+    async def counting_claim(**kwargs: Any) -> Any:
+        claims["count"] += 1
+        return await real_claim(**kwargs)
+
+    async def wait_all_tasks_blocked() -> None:
+        for _ in range(30):  # enough turns for the relay to finish what it can do now
+            await anyio.lowlevel.checkpoint()
+
+    store.outbox.claim = counting_claim  # type: ignore[method-assign]
+    async with anyio.create_task_group() as group:
+        group.start_soon(outbox_relay.run)
+        for second in range(1, 61):  # one virtual minute, a second at a time
+            await wait_all_tasks_blocked()
+            if second % 12 == 0:  # other keys keep flowing meanwhile
+                store.outbox.add(None, [OutboxEntry.of("t", event(f"good{second}", second))])
+                await wait_all_tasks_blocked()
+            clock.advance(1.0)
+        await wait_all_tasks_blocked()
+        group.cancel_scope.cancel()
+    assert len([e for _, e in publisher.published if e.key.startswith("good")]) == 5
+    # One claim per idle poll plus one per wake-up: not a busy loop.
+    assert 55 <= claims["count"] <= 60 + 2 * 5 + 2
+    # The failing row is tried once per backoff (10 s), not on every pass.
+    attempts = [e for _, e in publisher.attempts if e.key == "poison"]
+    assert 5 <= len(attempts) <= 7
+
+
+class TestOnTheSystemClock:
+    """The relay's own loop on the real clock (one cancel scope per key run)."""
+
+    async def test_runs_publish_in_order_and_stop_at_a_failure(self) -> None:
+        store = MemoryStore()
+        add(store, *(event("a", n) for n in range(4)), event("b", 0))
+        publisher = RecordingPublisher(
+            fail=lambda _, e: OSError("refused") if (e.key, e.payload["n"]) == ("a", 2) else None
+        )
+        report = await OutboxRelay(store.outbox, publisher).run_once()
+        assert report == RelayReport(claimed=5, published=3, retried=1, released=1)
+        assert publisher.keys() == {"a": [0, 1], "b": [0]}
+
+    async def test_a_corrupted_row_is_given_up_at_once(self) -> None:
+        store = MemoryStore()
+        entry = OutboxEntry.of("t", event("a", 0))
+        store.outbox.add(
+            None, [OutboxEntry(entry.topic, entry.key, entry.event_id, entry.event_type, b"[")]
+        )
+        add(store, event("a", 1))
+        report = await OutboxRelay(store.outbox, RecordingPublisher()).run_once()
+        assert (report.dead_lettered, report.released) == (1, 1)
+
+    async def test_a_publish_past_its_timeout_fails_the_row(self) -> None:
+        store = MemoryStore()
+        add(store, event("a", 0), event("a", 1))
+
+        class Hangs:
+            async def publish(self, topic: str, event: Event) -> None:
+                await anyio.sleep_forever()
+
+        with anyio.fail_after(10):
+            report = await OutboxRelay(
+                store.outbox, Hangs(), publish_timeout=0.01, lease_for=5, backoff=Backoff.none()
+            ).run_once()
+        assert (report.retried, report.released) == (1, 1)
+        first, second = await store.outbox.claim(limit=10, lease_for=5)
+        assert first.last_error is not None
+        assert "publish_timeout" in first.last_error
+        assert (first.attempts, second.attempts) == (2, 1)  # the second was released
+
+    async def test_after_a_timeout_the_worker_goes_on_with_other_keys(self) -> None:
+        store = MemoryStore()
+        add(store, event("slow", 0), event("fast", 0), event("fast", 1))
+        published: list[str] = []
+
+        class SlowForOneKey:
+            async def publish(self, topic: str, event: Event) -> None:
+                if event.key == "slow":
+                    await anyio.sleep_forever()
+                published.append(f"{event.key}{event.payload['n']}")
+
+        relay_ = OutboxRelay(
+            store.outbox, SlowForOneKey(), concurrency=1, publish_timeout=0.01, lease_for=5
+        )
+        with anyio.fail_after(10):
+            report = await relay_.run_once()
+        assert (report.published, report.retried) == (2, 1)
+        assert published == ["fast0", "fast1"]

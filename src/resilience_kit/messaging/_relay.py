@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
@@ -13,9 +13,8 @@ import anyio
 from anyio.abc import TaskStatus
 
 from resilience_kit import _telemetry
-from resilience_kit.clock import Clock
+from resilience_kit.clock import Clock, SystemClock
 from resilience_kit.errors import ConfigurationError, InvalidEventError
-from resilience_kit.messaging._event import Event
 from resilience_kit.messaging._protocols import OutboxStore, Publisher
 from resilience_kit.messaging._records import DeadLetter, OutboxMessage, OutboxStatus
 from resilience_kit.messaging._validation import check_name
@@ -255,13 +254,16 @@ class OutboxRelay:
         tally = _Tally()
         published: list[OutboxMessage] = []
         try:
-            if len(by_key) == 1:
-                await self._publish_key(next(iter(by_key.values())), published, tally)
+            runs = iter(by_key.values())
+            workers = min(self.concurrency, len(by_key))
+            if workers == 1:
+                await self._publish_runs(runs, published, tally)
             else:
-                limiter = anyio.CapacityLimiter(self.concurrency)
+                # A few workers share one iterator of key runs: one task per worker, not
+                # per key (a batch of 200 single-row keys would otherwise start 200).
                 async with anyio.create_task_group() as group:
-                    for run in by_key.values():
-                        group.start_soon(self._publish_key_limited, limiter, run, published, tally)
+                    for _ in range(workers):
+                        group.start_soon(self._publish_runs, runs, published, tally)
         finally:
             # Also on cancellation: record what was published, so that a relay stopped
             # mid-batch does not publish those rows again after its restart.
@@ -286,43 +288,99 @@ class OutboxRelay:
         if amount:
             _telemetry.emit(_telemetry.OUTBOX_EVENTS, self._outcome_labels[outcome], amount)
 
-    async def _publish_key_limited(
+    async def _publish_runs(
         self,
-        limiter: anyio.CapacityLimiter,
-        run: list[OutboxMessage],
+        runs: Iterator[list[OutboxMessage]],
         published: list[OutboxMessage],
         tally: _Tally,
     ) -> None:
-        async with limiter:
-            await self._publish_key(run, published, tally)
-
-    async def _publish_key(
-        self, run: list[OutboxMessage], published: list[OutboxMessage], tally: _Tally
-    ) -> None:
-        """Publish one key's rows in order; settle the first failure, release the rest."""
+        """Publish key runs one after another (a worker); each run stops at its first failure."""
         clock = resolve_clock(self._clock)
+        if type(clock) is not SystemClock:
+            for run in runs:
+                await self._settle(run, await self._publish_run(clock, run, published), tally)
+            return
+        # On the system clock one cancel scope serves many publishes, its deadline moved
+        # before each one: a scope per publish costs ~10 us a row. A scope that fired is
+        # spent, so after a timeout the worker goes on in a new one.
+        while True:
+            at = [0]  # the row being published, for a timeout
+            current: list[OutboxMessage] | None = None
+            stop: tuple[int, Exception | None] | None = None
+            with anyio.CancelScope() as scope:
+                for next_run in runs:
+                    current = next_run
+                    stop = await self._publish_run_fast(scope, at, next_run, published)
+                    if stop is not None:
+                        break
+                else:
+                    current = None
+            if scope.cancelled_caught:
+                stop = (at[0], self._timed_out())
+            if current is None or stop is None:
+                return
+            await self._settle(current, stop, tally)
+
+    async def _settle(
+        self, run: list[OutboxMessage], stop: tuple[int, Exception | None] | None, tally: _Tally
+    ) -> None:
+        """Record how a run stopped: its failed row, and the rows after it released."""
+        if stop is None:
+            return
+        index, error = stop
+        if error is not None:
+            message = run[index]
+            if isinstance(error, InvalidEventError):  # a corrupted row: retrying cannot help
+                await self._give_up(message, error, tally)
+            else:
+                await self._failed(message, error, tally)
+            index += 1
+        await self._release(run[index:], tally)
+
+    def _timed_out(self) -> TimeoutError:
+        return TimeoutError(f"publishing took longer than publish_timeout={self.publish_timeout}s")
+
+    async def _publish_run(
+        self, clock: Clock, run: list[OutboxMessage], published: list[OutboxMessage]
+    ) -> tuple[int, Exception | None] | None:
+        """Publish rows in order, one deadline scope each (clocks with timers: tests).
+
+        Returns where the run stopped and why (the error of that row), or ``None``.
+        """
         for index, message in enumerate(run):
             try:
                 event = message.event()
-            except InvalidEventError as exc:  # a corrupted row: retrying cannot help
-                await self._give_up(message, exc, tally)
-                await self._release(run[index + 1 :], tally)
-                return
-            try:
-                await self._publish(clock, message.topic, event)
+                with deadline_scope(clock, self.publish_timeout) as scope:
+                    await self.publisher.publish(message.topic, event)
+                if scope.cancelled_caught:
+                    return index, self._timed_out()
             except Exception as exc:  # noqa: BLE001 - any publish failure is the row's
-                await self._failed(message, exc, tally)
-                await self._release(run[index + 1 :], tally)
-                return
+                return index, exc
             published.append(message)
+        return None
 
-    async def _publish(self, clock: Clock, topic: str, event: Event) -> None:
-        with deadline_scope(clock, self.publish_timeout) as scope:
-            await self.publisher.publish(topic, event)
-        if scope.cancelled_caught:
-            raise TimeoutError(
-                f"publishing took longer than publish_timeout={self.publish_timeout}s"
-            )
+    async def _publish_run_fast(
+        self,
+        scope: anyio.CancelScope,
+        at: list[int],
+        run: list[OutboxMessage],
+        published: list[OutboxMessage],
+    ) -> tuple[int, Exception | None] | None:
+        """`_publish_run` inside the worker's cancel scope, moving its deadline."""
+        for index, message in enumerate(run):
+            at[0] = index
+            try:
+                event = message.event()
+                scope.deadline = anyio.current_time() + self.publish_timeout
+                await self.publisher.publish(message.topic, event)
+            except Exception as exc:  # noqa: BLE001 - any publish failure is the row's
+                return index, exc
+            published.append(message)
+            if scope.cancel_called:  # pragma: no cover - a race of one loop tick
+                # The deadline passed just as this publish returned: it counts, and the
+                # rest of the run goes back unattempted (the scope is spent).
+                return index + 1, None
+        return None
 
     async def _release(self, rest: Sequence[OutboxMessage], tally: _Tally) -> None:
         if rest:

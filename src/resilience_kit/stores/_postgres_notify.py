@@ -41,6 +41,35 @@ def channel_for(schema: str) -> str:
     return channel
 
 
+class _Wake:
+    """A socket pair that wakes one waiting worker thread; each end is closed once.
+
+    The waiting task closes the writer when it stops waiting (done or cancelled): the
+    reader becomes readable and the worker's ``select`` returns. The reader is the
+    worker's to close, unless the task gave up before the worker even started.
+    """
+
+    def __init__(self) -> None:
+        self.reader, self.writer = socket.socketpair()
+        self._lock = threading.Lock()
+        self._taken = False
+        self._abandoned = False
+
+    def take(self) -> bool:
+        """The worker starts: False if the task has already stopped waiting."""
+        with self._lock:
+            self._taken = not self._abandoned
+            return self._taken
+
+    def abandon(self) -> None:
+        """The task stops waiting: wake the worker, or clean up for one that never ran."""
+        self.writer.close()
+        with self._lock:
+            self._abandoned = True
+            if not self._taken:
+                self.reader.close()
+
+
 class Listener:
     """Waits for notifications on ``channel`` with a timeout, on a worker thread.
 
@@ -55,7 +84,7 @@ class Listener:
         self._channel = channel
         self._connection: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()  # one waiter on the connection at a time
-        self._wakers: set[socket.socket] = set()
+        self._wakers: set[_Wake] = set()
         self._wakers_lock = threading.Lock()
         self._received = 0  # notifications seen so far: a waiter that queued behind
         # another returns at once if one arrived meanwhile
@@ -70,23 +99,25 @@ class Listener:
         the caller polls anyway.
         """
         seen = self._received
-        reader, writer = socket.socketpair()
+        wake = _Wake()
         with self._wakers_lock:
-            self._wakers.add(writer)
+            self._wakers.add(wake)
         try:
             ok = await anyio.to_thread.run_sync(
-                self._wait, reader, seen, max(0.0, timeout), abandon_on_cancel=True
+                self._wait, wake, seen, max(0.0, timeout), abandon_on_cancel=True
             )
         finally:
             with self._wakers_lock:
-                self._wakers.discard(writer)
-            writer.close()  # wakes the worker if this task was cancelled
+                self._wakers.discard(wake)
+            wake.abandon()  # wakes the worker if this task was cancelled
         if not ok and timeout > 0:
             await anyio.sleep(timeout)
         else:
             await anyio.lowlevel.checkpoint()
 
-    def _wait(self, reader: socket.socket, seen: int, timeout: float) -> bool:
+    def _wait(self, wake: _Wake, seen: int, timeout: float) -> bool:
+        if not wake.take():
+            return True  # cancelled before this worker started
         try:
             with self._lock:
                 if self._closed:
@@ -97,7 +128,7 @@ class Listener:
                         return True
                     if timeout > 0:
                         ready, _, _ = select.select(
-                            [connection.fileno(), reader.fileno()], [], [], timeout
+                            [connection.fileno(), wake.reader.fileno()], [], [], timeout
                         )
                         if connection.fileno() in ready:
                             self._collect(connection)
@@ -107,7 +138,7 @@ class Listener:
                 self._failing = False
                 return True
         finally:
-            reader.close()
+            wake.reader.close()
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self._connection is None or self._connection.closed:
@@ -144,8 +175,8 @@ class Listener:
         """Wake every waiter and close the connection."""
         with self._wakers_lock:
             self._closed = True
-            for writer in self._wakers:
-                writer.close()
+            for wake in self._wakers:
+                wake.writer.close()
         with self._lock:
             if self._connection is not None:
                 self._connection.close()

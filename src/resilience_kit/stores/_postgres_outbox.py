@@ -20,11 +20,16 @@ together with it, in the same statement, as a contiguous prefix. So:
 Finding heads without scanning the backlog: the claim walks the keys that have
 unpublished rows, one index probe per key ("loose index scan" over
 ``(key, position) WHERE state <> 2``), so a key with a million queued rows costs one
-probe, not a million. The walk resumes where the previous claim of this store stopped
-and wraps around, so every key gets its turn, and it looks at no more than
-``_WALK`` keys per claim, so keys that cannot be claimed (leased, waiting for a retry,
-blocked) cost a bounded amount per claim and never pin the database. Across keys
-rows are therefore not published in global position order (nothing promises that).
+probe, not a million, and a key whose head cannot be claimed (leased, waiting for a
+retry, blocked) costs one probe however long its queue. The walk resumes where this
+store's previous claim stopped and wraps around, so every key gets its turn, and it
+looks at a bounded number of keys per claim (``_WALK``), so a multitude of stuck keys
+never pins the database either. A claim takes one row of every head it found before a
+second row of any (breadth first), so the keys it walked past are all served. Across
+keys rows are not published in global position order (nothing promises that). A
+probe also steps over the index entries of the key's published rows until VACUUM
+removes them (the table asks autovacuum to run often); a long-running transaction
+anywhere on the server holds that cleanup back, as for any PostgreSQL queue.
 
 Leases: ``available_at`` is the due time of a pending row (NULL: due since it was
 added) and the lease expiry of a leased one, so "claimable" is one comparison with the
@@ -63,8 +68,6 @@ if TYPE_CHECKING:
     from resilience_kit.stores._postgres_notify import Listener
 
 __all__ = ("PostgresOutbox",)
-
-_PENDING, _BLOCKED, _PUBLISHED = 0, 1, 2
 
 _WALK = 2_000
 """Keys a claim looks at, at most (and at least ``4 * limit``)."""
