@@ -4,7 +4,7 @@ Only ``opentelemetry-api`` is required: until an SDK is installed every instrume
 no-op. Nothing is recorded on the happy path (a first-try success, a closed breaker
 admitting a call); events happen when a policy acts.
 
-Metrics (meter ``resilience_kit``), every one a counter:
+Metrics (meter ``resilience_kit``) of the call policies, every one a counter:
 
 | name | attributes | counts |
 |---|---|---|
@@ -15,6 +15,19 @@ Metrics (meter ``resilience_kit``), every one a counter:
 | ``resilience.timeout.expirations`` | ``timeout`` | cancelled calls |
 | ``resilience.fallback.activations`` | ``fallback``, ``error_type`` | substitutes served |
 | ``resilience.chaos.injections`` | ``chaos``, ``kind`` | injected faults |
+
+Messaging adds (see the messaging docs for the outcomes):
+
+- ``resilience.outbox.events``: counter, attributes ``relay`` and ``outcome``
+  (``published``, ``retried``, ``dead_lettered``, ``blocked``, ``lost_lease``);
+- ``resilience.outbox.backlog``: gauge of unpublished rows as last measured, attributes
+  ``relay`` and ``state`` (``pending``, ``leased``, ``blocked``);
+- ``resilience.outbox.lag``: gauge, seconds since the oldest unpublished row was added;
+- ``resilience.consumer.messages``: counter, attributes ``consumer`` and ``outcome``
+  (``handled``, ``duplicate``, ``dead_lettered``, ``poison``, ``unacked``);
+- ``resilience.idempotency.calls``: observable counter, attributes ``idempotent`` and
+  ``outcome`` (``executed``, ``replayed``, ``conflict``, ``in_progress``, ``failed``,
+  ``lease_lost``).
 
 Caches add observable counters ``resilience.cache.hits``, ``.misses``, ``.loads``,
 ``.load_failures``, ``.stale_serves``, ``.fail_open_serves``, ``.denials`` and
