@@ -25,7 +25,6 @@ import importlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 
 import anyio
@@ -35,6 +34,7 @@ from resilience_kit.messaging._event import Event
 from resilience_kit.messaging._protocols import Delivery
 from resilience_kit.messaging._validation import check_name, check_topic
 from resilience_kit.transports._checks import check_data, check_event, check_key
+from resilience_kit.transports._closing import Closing
 from resilience_kit.transports._offsets import PartitionOffsets
 
 __all__ = ("KafkaSubscriber", "KafkaTransport")
@@ -106,7 +106,7 @@ class _Ticket:
     offsets: PartitionOffsets
 
 
-class KafkaTransport:
+class KafkaTransport(Closing):
     """Publish to and consume from Kafka with consumer groups (asyncio only).
 
     **Publishing.** `publish` sends the event's JSON with the event's key as the
@@ -309,23 +309,8 @@ class KafkaTransport:
             with anyio.CancelScope(shield=True):
                 await producer.stop()
 
-    async def __aenter__(self) -> KafkaTransport:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
-
-
-class KafkaSubscriber:
+class KafkaSubscriber(Closing):
     """A member of a Kafka consumer group: iterate it for deliveries, ack each one.
 
     Get one from `KafkaTransport.subscribe`. The first iteration starts the consumer
@@ -450,17 +435,6 @@ class KafkaSubscriber:
         if self._waiting is not None:
             self._waiting.cancel()
         await self._stop_consumer()
-
-    async def __aenter__(self) -> KafkaSubscriber:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _stop_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None

@@ -26,7 +26,6 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable
-from types import TracebackType
 
 from anyio.lowlevel import checkpoint
 
@@ -37,6 +36,7 @@ from resilience_kit.messaging._validation import check_name, check_topic
 from resilience_kit.policies._base import Policy, check_int
 from resilience_kit.testing import ChaosFault
 from resilience_kit.transports._checks import check_data, check_event, check_key
+from resilience_kit.transports._closing import Closing
 from resilience_kit.transports._memory_log import Group, Ticket, Topic
 
 __all__ = ("MemoryBus", "MemorySubscriber")
@@ -46,7 +46,7 @@ _consumer_numbers = itertools.count(1)
 FaultSpec = BaseException | type[BaseException] | Callable[[], BaseException]
 
 
-class MemoryBus:
+class MemoryBus(Closing):
     """An in-process message broker with consumer groups, for tests and single processes.
 
     **Groups.** `subscribe` joins a consumer group; the group is created by its first
@@ -313,22 +313,7 @@ class MemoryBus:
         for subscriber in list(self._subscribers):
             await subscriber.aclose()
 
-    async def __aenter__(self) -> MemoryBus:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     # -- internals ---------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
 
     def _topic(self, name: str) -> Topic:
         found = self._topics.get(name)
@@ -362,7 +347,7 @@ class MemoryBus:
         self._topic(topic).append(data, key)
 
 
-class MemorySubscriber:
+class MemorySubscriber(Closing):
     """A member of a `MemoryBus` consumer group: iterate it for deliveries, ack each one.
 
     Get one from `MemoryBus.subscribe`. Iteration waits for messages until `aclose`
@@ -478,14 +463,3 @@ class MemorySubscriber:
         self._closed = True
         self._bus._subscribers.discard(self)
         self._group.release(self)
-
-    async def __aenter__(self) -> MemorySubscriber:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -26,7 +26,6 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -40,6 +39,7 @@ from resilience_kit.messaging._validation import check_name, check_topic
 from resilience_kit.policies._base import check_int, check_positive
 from resilience_kit.stores._redis_client import redis_client
 from resilience_kit.transports._checks import check_data, check_event, check_key
+from resilience_kit.transports._closing import Closing
 
 if TYPE_CHECKING:
     import redis as redis_lib
@@ -132,7 +132,7 @@ class _Ticket:
     group: str
 
 
-class RedisStreams:
+class RedisStreams(Closing):
     """Publish to and consume from Redis Streams, with consumer groups.
 
     A topic is the stream ``prefix + topic``. `publish` appends an entry (``XADD``) with
@@ -356,23 +356,8 @@ class RedisStreams:
         if self._owns_client:
             await anyio.to_thread.run_sync(self._client.close)
 
-    async def __aenter__(self) -> RedisStreams:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
-
-
-class RedisStreamSubscriber:
+class RedisStreamSubscriber(Closing):
     """One consumer of a Redis consumer group: iterate it for deliveries, ack each one.
 
     Get one from `RedisStreams.subscribe`. The first iteration creates the group if
@@ -518,17 +503,6 @@ class RedisStreamSubscriber:
                 held = [*self._in_flight, *(delivery.id for delivery in self._buffer)]
                 self._buffer.clear()
                 await anyio.to_thread.run_sync(self._shut_down, held)
-
-    async def __aenter__(self) -> RedisStreamSubscriber:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- one step of reading, on the event loop ------------------------------------------
 
