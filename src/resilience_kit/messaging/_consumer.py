@@ -76,7 +76,7 @@ class ResilientConsumer:
 
     Examples:
         >>> import anyio
-        >>> from resilience_kit.messaging import Event, Inbox, ResilientConsumer
+        >>> from resilience_kit.messaging import DeadLetterFilter, Event, Inbox, ResilientConsumer
         >>> from resilience_kit.stores.memory import MemoryStore
         >>> from resilience_kit.transports import MemoryBus
         >>> async def main():
@@ -98,7 +98,6 @@ class ResilientConsumer:
         ...         if len(seen) and await store.dead_letters.count(DeadLetterFilter()):
         ...             break
         ...     return seen
-        >>> from resilience_kit.messaging import DeadLetterFilter
         >>> anyio.run(main)
         handled
         duplicate
