@@ -92,3 +92,16 @@ def test_public_names_have_docstrings_with_examples() -> None:
             "Policy",
         }:
             assert "Example" in doc, f"{attr}'s docstring has no example"
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_classes_can_be_found_where_they_say_they_live(name: str) -> None:
+    # pickle (and the docs' cross-references) look a class up by its __module__.
+    module = importlib.import_module(name)
+    for attr in module.__all__:
+        value = getattr(module, attr)
+        if inspect.isclass(value):
+            home = importlib.import_module(value.__module__)
+            assert getattr(home, value.__qualname__, None) is value, (
+                f"{name}.{attr} says it lives in {value.__module__}, which has no {attr}"
+            )

@@ -588,8 +588,11 @@ def test_outbox_status(
         await sqlite_store.outbox.block(first, error="broker refused")
         await sqlite_store.outbox.mark_published([second])
 
+    code, _, err = run(capsys, "outbox", "status", "--store", url)
+    assert code == 0
+    assert "blocked" not in err  # nothing blocked: nothing to point at
     anyio.run(block_one_publish_one)
-    code, out, _ = run(capsys, "outbox", "status", "--store", url)
+    code, out, err = run(capsys, "outbox", "status", "--store", url)
     assert code == 0
     assert out.splitlines()[:5] == [
         "pending    0",
@@ -599,8 +602,11 @@ def test_outbox_status(
         "backlog    1",
     ]
     assert out.splitlines()[5].startswith("lag        ")
+    assert "1 blocked row(s) hold back their keys" in err
+    assert "resilience-kit outbox blocked" in err
 
-    code, out, _ = run(capsys, "outbox", "status", "--store", url, "--json")
+    code, out, err = run(capsys, "outbox", "status", "--store", url, "--json")
+    assert err == ""
     status = json.loads(out)
     assert {key: status[key] for key in ("pending", "leased", "blocked", "published")} == {
         "pending": 0,
@@ -610,6 +616,122 @@ def test_outbox_status(
     }
     assert status["backlog"] == 1
     assert status["lag_seconds"] >= 0
+
+
+def block_rows(store: SQLiteStore, *errors: str) -> list[int]:
+    """Claim one row per key and block them with these errors; return their positions."""
+
+    async def block() -> list[int]:
+        claimed = await store.outbox.claim(limit=len(errors), lease_for=30.0)
+        for message, error in zip(claimed, errors, strict=True):
+            assert await store.outbox.block(message, error=error)
+        return [message.position for message in claimed]
+
+    return anyio.run(block)
+
+
+def test_outbox_blocked_lists_the_blocked_rows(
+    capsys: pytest.CaptureFixture[str], sqlite_store: SQLiteStore, url: str
+) -> None:
+    add_events(sqlite_store, "org:1", "org:2", "org:3")
+    first, second = block_rows(
+        sqlite_store, "ConnectionError: broker down\nat line 2", "ValueError: poison"
+    )
+    code, out, err = run(capsys, "outbox", "blocked", "--store", url)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "POSITION",
+        "KEY",
+        "TOPIC",
+        "TYPE",
+        "ATTEMPTS",
+        "FIRST",
+        "FAILED",
+        "(UTC)",
+        "LAST",
+        "ERROR",
+    ]
+    assert len(lines) == 3
+    assert lines[1].split()[:5] == [str(first), "org:1", "orgs", "org.created", "1"]
+    assert lines[1].endswith("ConnectionError: broker down")  # the first line only
+    assert lines[2].split()[:2] == [str(second), "org:2"]
+
+    code, out, _ = run(capsys, "outbox", "blocked", "--store", url, "--json")
+    assert code == 0
+    document = json.loads(out)
+    assert document["next_after"] is None
+    one, two = document["blocked"]
+    assert one["position"] == first
+    assert (one["key"], one["topic"], one["event_type"]) == ("org:1", "orgs", "org.created")
+    assert one["attempts"] == 1
+    assert one["last_error"] == "ConnectionError: broker down\nat line 2"
+    assert one["first_failed_at"] is None  # blocked at its first failure
+    assert datetime.fromisoformat(one["created_at"]).utcoffset() == timedelta(0)
+    assert str(uuid.UUID(one["event_id"])) == one["event_id"]
+    assert two["position"] == second
+    assert two["last_error"] == "ValueError: poison"
+    assert one["event_id"] != two["event_id"]
+
+
+def test_outbox_blocked_pages_with_limit_and_after(
+    capsys: pytest.CaptureFixture[str], sqlite_store: SQLiteStore, url: str
+) -> None:
+    add_events(sqlite_store, "a", "b", "c")
+    positions = block_rows(sqlite_store, "x", "y", "z")
+    code, out, err = run(capsys, "outbox", "blocked", "--store", url, "--limit", "2")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()[1:]] == [str(p) for p in positions[:2]]
+    assert f"showing the first 2; for more: --after {positions[1]}" in err
+
+    code, out, _ = run(capsys, "outbox", "blocked", "--store", url, "--limit", "2", "--json")
+    page = json.loads(out)
+    assert [row["position"] for row in page["blocked"]] == positions[:2]
+    assert page["next_after"] == positions[1]
+    code, out, _ = run(
+        capsys, "outbox", "blocked", "--store", url, "--json", "--after", str(page["next_after"])
+    )
+    page = json.loads(out)
+    assert [row["position"] for row in page["blocked"]] == positions[2:]
+    assert page["next_after"] is None
+    code, out, _ = run(capsys, "outbox", "blocked", "--store", url, "--after", str(positions[2]))
+    assert (code, out) == (0, "no more blocked rows\n")
+
+    code, _, err = run(capsys, "outbox", "blocked", "--store", url, "--after", "-1")
+    assert code == 2
+    assert "argument --after: expected an outbox position" in err
+
+
+def test_outbox_blocked_with_nothing_blocked(
+    capsys: pytest.CaptureFixture[str], sqlite_store: SQLiteStore, url: str
+) -> None:
+    add_events(sqlite_store, "org:1")  # pending, not blocked
+    code, out, err = run(capsys, "outbox", "blocked", "--store", url)
+    assert (code, out, err) == (0, "no blocked rows\n", "")
+    code, out, _ = run(capsys, "outbox", "blocked", "--store", url, "--json")
+    assert code == 0
+    assert json.loads(out) == {"blocked": [], "next_after": None}
+
+
+def test_outbox_blocked_shows_a_corrupted_row(
+    capsys: pytest.CaptureFixture[str], sqlite_store: SQLiteStore, url: str
+) -> None:
+    add_events(sqlite_store, "org:1")
+    [position] = block_rows(sqlite_store, "corrupted row: \x1b[31m")
+    connection = sqlite3.connect(sqlite_store.path)
+    with connection:
+        connection.execute("UPDATE rk_outbox SET event_id = x'00', created_at = 'soon'")
+    connection.close()
+    code, out, _ = run(capsys, "outbox", "blocked", "--store", url, "--json")
+    assert code == 0
+    [row] = json.loads(out)["blocked"]
+    assert row["position"] == position
+    assert row["event_id"] is None
+    assert row["created_at"] == "1970-01-01T00:00:00+00:00"
+    code, out, _ = run(capsys, "outbox", "blocked", "--store", url)
+    assert code == 0
+    assert "\\x1b[31m" in out  # escaped, never raw
+    assert "\x1b" not in out
 
 
 def test_outbox_replay_requeues_blocked_and_published_rows(
@@ -790,6 +912,7 @@ def test_outbox_commands_need_a_store_with_an_outbox(
     monkeypatch.setattr(cli, "open_store", lambda url: NoOutbox())
     for command in (
         ["outbox", "status"],
+        ["outbox", "blocked"],
         ["dead-letters", "replay", "--to", "outbox"],
     ):
         code, _, err = run(capsys, *command, "--store", "memory://")

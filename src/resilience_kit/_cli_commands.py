@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from resilience_kit._cli_console import FAILED, OK, CommandError, Console, UsageError
 from resilience_kit._cli_format import (
+    blocked_document,
+    blocked_table,
     dead_letter_details,
     dead_letter_document,
     dead_letter_table,
@@ -237,6 +239,29 @@ async def outbox_status(store: object, args: argparse.Namespace, console: Consol
     """``outbox status``: counts by state, backlog and lag."""
     status = await _outbox(store).status()
     console.print(to_json(status_document(status)) if args.json else status_fields(status))
+    if status.blocked and not args.json:
+        console.note(
+            f"{status.blocked} blocked row(s) hold back their keys: list them with"
+            " 'resilience-kit outbox blocked', then requeue with 'outbox replay'"
+        )
+    return OK
+
+
+async def outbox_blocked(store: object, args: argparse.Namespace, console: Console) -> int:
+    """``outbox blocked``: a page of blocked rows, by position."""
+    rows = await _outbox(store).blocked(limit=args.limit, after=args.after)
+    next_after = rows[-1].position if len(rows) == args.limit else None
+    if args.json:
+        console.print(
+            to_json({"blocked": [blocked_document(row) for row in rows], "next_after": next_after})
+        )
+        return OK
+    if not rows:
+        console.print("no blocked rows" if args.after is None else "no more blocked rows")
+        return OK
+    console.print(blocked_table(rows, console.width()))
+    if next_after is not None:
+        console.note(f"showing the first {args.limit}; for more: --after {next_after}")
     return OK
 
 
@@ -274,6 +299,7 @@ COMMANDS: dict[str, Command] = {
     "dead-letters replay": replay_dead_letters,
     "dead-letters purge": purge_dead_letters,
     "outbox status": outbox_status,
+    "outbox blocked": outbox_blocked,
     "outbox replay": outbox_replay,
 }
 """Each command by its words on the command line."""

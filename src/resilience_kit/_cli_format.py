@@ -13,10 +13,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from resilience_kit.messaging._records import DeadLetter, DeadLetterFilter, OutboxStatus
+from resilience_kit.messaging._records import (
+    BlockedRow,
+    DeadLetter,
+    DeadLetterFilter,
+    OutboxStatus,
+)
 
 __all__ = (
     "Column",
+    "blocked_document",
+    "blocked_table",
     "dead_letter_details",
     "dead_letter_document",
     "dead_letter_table",
@@ -310,6 +317,54 @@ def status_document(status: OutboxStatus) -> dict[str, Any]:
         "published": status.published,
         "backlog": status.backlog,
         "lag_seconds": status.oldest_pending_age,
+    }
+
+
+_BLOCKED_COLUMNS = (
+    Column("POSITION", right=True),
+    Column("KEY", minimum=6),
+    Column("TOPIC", minimum=6),
+    Column("TYPE", minimum=6),
+    Column("ATTEMPTS", right=True),
+    Column("FIRST FAILED (UTC)"),
+    Column("LAST ERROR", minimum=12, first=True),
+)
+
+
+def blocked_table(rows: Sequence[BlockedRow], width: int | None) -> str:
+    """Blocked outbox rows as a table: the position to requeue, the key it holds back, why."""
+    return table(
+        _BLOCKED_COLUMNS,
+        [
+            [
+                str(row.position),
+                row.key,
+                row.topic,
+                row.event_type,
+                str(row.attempts),
+                moment(row.first_failed_at),
+                _first_line(row.last_error or "") or "-",
+            ]
+            for row in rows
+        ],
+        width,
+    )
+
+
+def blocked_document(row: BlockedRow) -> dict[str, Any]:
+    """Every field of a blocked outbox row as JSON-ready values."""
+    return {
+        "position": row.position,
+        "topic": row.topic,
+        "key": row.key,
+        "event_id": None if row.event_id is None else str(row.event_id),
+        "event_type": row.event_type,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "created_at": moment(row.created_at, precise=True),
+        "first_failed_at": (
+            None if row.first_failed_at is None else moment(row.first_failed_at, precise=True)
+        ),
     }
 
 

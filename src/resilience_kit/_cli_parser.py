@@ -83,6 +83,18 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _position(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected an outbox position (a whole number >= 0), got {value!r}"
+        )
+    return number
+
+
 def _rate(value: str) -> float:
     try:
         number = float(value)
@@ -196,10 +208,19 @@ def build_parser(commands: dict[str, Callable[..., Any]]) -> argparse.ArgumentPa
     purge.add_argument("--all", action="store_true", help="purge every dead letter")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
-    outbox = groups.add_parser("outbox", help="the outbox's backlog, and requeue its rows")
+    outbox = groups.add_parser("outbox", help="the outbox's backlog and blocked rows; requeue rows")
     outbox_commands = outbox.add_subparsers(dest="command", required=True)
     outbox_commands.add_parser(
         "status", parents=[shared], help="pending, leased, blocked, published rows and the lag"
+    )
+    blocked = outbox_commands.add_parser(
+        "blocked", parents=[shared], help="the blocked rows, oldest position first"
+    )
+    blocked.add_argument(
+        "--limit", type=_positive_int, default=50, metavar="N", help="at most N (default 50)"
+    )
+    blocked.add_argument(
+        "--after", type=_position, metavar="POSITION", help="continue after this position"
     )
     requeue = outbox_commands.add_parser(
         "replay", parents=[shared], help="requeue blocked rows, or rows at given positions"

@@ -320,3 +320,109 @@ async def test_a_key_waits_while_a_later_row_is_still_leased(sql_like_backend: B
     assert await store.claim(limit=10, lease_for=HOUR) == []
     assert await store.release([follower]) == 1
     assert ns(await store.claim(limit=10, lease_for=HOUR)) == [("a", 0), ("a", 1)]
+
+
+# -- listing blocked rows ---------------------------------------------------------------------
+
+
+async def block_heads(store: OutboxStore, *, error: str = "poison") -> list[OutboxMessage]:
+    """Claim every key's head and block it; return the blocked messages in position order."""
+    heads: dict[str, OutboxMessage] = {}
+    for message in await store.claim(limit=100, lease_for=HOUR):
+        if message.key not in heads:
+            heads[message.key] = message
+    blocked = sorted(heads.values(), key=lambda m: m.position)
+    for message in blocked:
+        assert await store.block(message, error=f"{error} {message.key}")
+    return blocked
+
+
+async def test_blocked_rows_are_listed_with_their_error_and_attempts(
+    sql_like_backend: Backend,
+) -> None:
+    store = sql_like_backend.store.outbox
+    written = event("a", 0)
+    add(sql_like_backend, written, event("a", 1), event("b", 0), topic="orgs")
+    first, follower, other = await store.claim(limit=10, lease_for=HOUR)
+    assert await store.retry_later(first, error="ConnectionError: down", delay=0)
+    assert await store.release([follower]) == 1
+    assert await store.mark_published([other]) == 1
+    second, follower = await store.claim(limit=10, lease_for=HOUR)
+    assert second.position == first.position
+    assert await store.block(second, error="ValueError: poison")
+    assert await store.release([follower]) == 1  # pending behind the blocked row
+
+    [row] = await store.blocked()
+    assert row.position == first.position
+    assert (row.topic, row.key) == ("orgs", "a")
+    assert row.event_id == written.id
+    assert row.event_type == "test.happened"
+    assert row.attempts == 2
+    assert row.last_error == "ValueError: poison"
+    assert row.created_at == second.created_at
+    assert row.created_at.utcoffset() is not None
+    assert row.first_failed_at is not None
+    assert row.first_failed_at == second.first_failed_at
+
+
+async def test_blocked_rows_page_by_position(sql_like_backend: Backend) -> None:
+    store = sql_like_backend.store.outbox
+    add(sql_like_backend, *(event(f"k{n}", n) for n in range(5)), event("k0", 5))
+    blocked = [m.position for m in await block_heads(store)]
+    assert len(blocked) == 5
+
+    pages: list[list[int]] = []
+    after: int | None = None
+    while page := await store.blocked(limit=2, after=after):
+        pages.append([row.position for row in page])
+        after = page[-1].position
+    assert pages == [blocked[0:2], blocked[2:4], blocked[4:5]]
+    assert [row.position for row in await store.blocked(after=blocked[2] - 1)] == blocked[2:]
+    assert [row.position for row in await store.blocked(limit=100)] == blocked
+    assert [row.key for row in await store.blocked(limit=1)] == ["k0"]
+    assert await store.blocked(limit=0) == []
+    assert await store.blocked(after=blocked[-1]) == []
+
+
+async def test_requeued_rows_leave_the_blocked_list(sql_like_backend: Backend) -> None:
+    store = sql_like_backend.store.outbox
+    add(sql_like_backend, event("a", 0), event("b", 0), event("c", 0))
+    a, b, c = await block_heads(store)
+    assert await store.requeue(positions=[b.position]) == 1
+    listed = await store.blocked()
+    assert [row.position for row in listed] == [a.position, c.position]
+    assert [row.last_error for row in listed] == ["poison a", "poison c"]
+    assert await store.requeue() == 2
+    assert await store.blocked() == []
+    assert len(await store.claim(limit=10, lease_for=HOUR)) == 3
+
+
+async def test_rows_in_other_states_are_never_listed_as_blocked(
+    sql_like_backend: Backend,
+) -> None:
+    store = sql_like_backend.store.outbox
+    add(sql_like_backend, *(event(key, 0) for key in "abcdef"), event("a", 1))
+    assert await store.blocked() == []
+    by_key = {m.key: m for m in await store.claim(limit=100, lease_for=HOUR)}
+    assert await store.mark_published([by_key["a"]]) == 1  # published
+    assert await store.retry_later(by_key["b"], error="x", delay=HOUR)  # pending, not due
+    assert await store.release([by_key["c"]]) == 1  # pending, due
+    letter = DeadLetter.create(
+        source="outbox", topic="t", data=by_key["d"].data, error=OSError("x"), attempts=1
+    )
+    assert await store.dead_letter(by_key["d"], letter)  # moved to dead letters
+    assert await store.block(by_key["e"], error="stuck")  # the only blocked row
+    # by_key["f"] stays leased; the second row of "a" is pending.
+    assert [(row.key, row.last_error) for row in await store.blocked()] == [("e", "stuck")]
+    status = await store.status()
+    assert status.blocked == 1
+
+
+async def test_a_row_blocked_at_its_first_failure_records_when(sql_like_backend: Backend) -> None:
+    store = sql_like_backend.store.outbox
+    add(sql_like_backend, event("a", 0))
+    [head] = await store.claim(limit=10, lease_for=HOUR)
+    assert await store.block(head, error="ValueError: poison")
+    [row] = await store.blocked()
+    assert row.first_failed_at is not None
+    assert row.first_failed_at >= head.created_at

@@ -45,6 +45,7 @@ from resilience_kit.messaging._protocols import OutboxEntry as OutboxEntry
 from resilience_kit.messaging._protocols import OutboxStore as OutboxStore
 from resilience_kit.messaging._protocols import Publisher as Publisher
 from resilience_kit.messaging._protocols import Subscriber as Subscriber
+from resilience_kit.messaging._records import BlockedRow as BlockedRow
 from resilience_kit.messaging._records import DeadLetter as DeadLetter
 from resilience_kit.messaging._records import DeadLetterFilter as DeadLetterFilter
 from resilience_kit.messaging._records import IdempotencyRecord as IdempotencyRecord
@@ -55,6 +56,7 @@ from resilience_kit.messaging._relay import RelayReport as RelayReport
 
 __all__ = (
     "REPLAYS_HEADER",
+    "BlockedRow",
     "DeadLetter",
     "DeadLetterFilter",
     "DeadLetterQueue",
@@ -88,6 +90,22 @@ __all__ = (
     "idempotent",
 )
 
-present_at_top_level(
-    globals(), [name for name in __all__ if name not in ("REPLAYS_HEADER", "Outcome")]
+# Only the names `resilience_kit` exports too present themselves as `resilience_kit.X`;
+# the others name this module (pickle finds a class through the module it names).
+_TOP_LEVEL = (
+    "DeadLetter",
+    "DeadLetterFilter",
+    "DeadLetterQueue",
+    "Event",
+    "IdempotencyMiddleware",
+    "Inbox",
+    "Outbox",
+    "OutboxRelay",
+    "ResilientConsumer",
 )
+present_at_top_level(globals(), _TOP_LEVEL)
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) and _value.__module__.startswith(f"{__name__}._"):
+        _value.__module__ = __name__
+del _name, _value

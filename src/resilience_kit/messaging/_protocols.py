@@ -19,6 +19,7 @@ from uuid import UUID
 
 from resilience_kit.messaging._event import Event
 from resilience_kit.messaging._records import (
+    BlockedRow,
     DeadLetter,
     DeadLetterFilter,
     IdempotencyRecord,
@@ -143,6 +144,15 @@ class OutboxStore(Protocol):
 
         Without ``positions``: every blocked row (when ``blocked``). With them: those
         rows if blocked or published (a replay from the outbox); others are left alone.
+        """
+        ...
+
+    async def blocked(self, *, limit: int = 100, after: int | None = None) -> list[BlockedRow]:
+        """Blocked rows in position order, after the ``after`` position, at most ``limit``.
+
+        Read-only. Page with the last position returned as the next ``after``; no rows
+        for ``limit <= 0``. A row whose stored event id cannot be read is still listed
+        (its ``event_id`` is ``None``).
         """
         ...
 

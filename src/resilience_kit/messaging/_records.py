@@ -12,6 +12,7 @@ from resilience_kit.errors import InvalidEventError
 from resilience_kit.messaging._event import DEFAULT_MAX_BYTES, Event, _new_id
 
 __all__ = (
+    "BlockedRow",
     "DeadLetter",
     "DeadLetterFilter",
     "IdempotencyRecord",
@@ -114,6 +115,46 @@ class OutboxStatus:
     def backlog(self) -> int:
         """Rows not yet published and not blocked: pending plus leased."""
         return self.pending + self.leased
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedRow:
+    """An outbox row that used up its attempts under the ``"block"`` policy.
+
+    Each blocked row holds back the later rows of its key until it is requeued
+    (``resilience-kit outbox replay --position N``); `OutboxStore.blocked` lists them.
+
+    Attributes:
+        position: the row's position: what ``requeue(positions=...)`` takes.
+        topic: where it was to be published.
+        key: the ordering key it holds back.
+        event_id: the event's id, or ``None`` when the stored id cannot be read.
+        event_type: the event's type.
+        attempts: how many times the row was claimed before it was blocked.
+        last_error: the error that blocked it (or the last one before), if recorded.
+        created_at: when the row was added (the store's clock).
+        first_failed_at: when an attempt at this row first failed, if one did.
+
+    Examples:
+        >>> from datetime import datetime, timezone
+        >>> row = BlockedRow(
+        ...     position=41, topic="orgs", key="org:1", event_id=None, event_type="org.created",
+        ...     attempts=10, last_error="ConnectionError: broker down",
+        ...     created_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        ... )
+        >>> row.position, row.key, row.first_failed_at
+        (41, 'org:1', None)
+    """
+
+    position: int
+    topic: str
+    key: str
+    event_id: UUID | None
+    event_type: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    first_failed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,13 +14,22 @@ import anyio
 
 from resilience_kit.clock import Clock
 from resilience_kit.messaging._protocols import OutboxEntry
-from resilience_kit.messaging._records import DeadLetter, OutboxMessage, OutboxStatus
+from resilience_kit.messaging._records import (
+    BlockedRow,
+    DeadLetter,
+    OutboxMessage,
+    OutboxStatus,
+)
 from resilience_kit.stores._memory_dead_letters import MemoryDeadLetterStore
 from resilience_kit.stores._memory_transaction import MemoryTransaction
 
 __all__ = ("MemoryOutboxStore",)
 
 PENDING, LEASED, BLOCKED, PUBLISHED = "pending", "leased", "blocked", "published"
+
+
+def _moment(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)
 
 
 @dataclass(slots=True)
@@ -30,6 +39,8 @@ class _Row:
     key: str
     data: bytes
     created_at: float
+    event_id: uuid.UUID
+    event_type: str
     state: str = PENDING
     attempts: int = 0
     lease: str | None = None
@@ -74,7 +85,14 @@ class MemoryOutboxStore:
         for entry in entries:
             position = next(self._positions)
             self._rows[position] = _Row(
-                position, entry.topic, entry.key, entry.data, now, available_at=now
+                position,
+                entry.topic,
+                entry.key,
+                entry.data,
+                now,
+                entry.event_id,
+                entry.event_type,
+                available_at=now,
             )
             self._unpublished.setdefault(entry.key, []).append(position)
         if self._wake is not None:
@@ -137,11 +155,7 @@ class MemoryOutboxStore:
             lease=row.lease or "",
             created_at=datetime.fromtimestamp(row.created_at, timezone.utc),
             last_error=row.last_error,
-            first_failed_at=(
-                None
-                if row.first_failed_at is None
-                else datetime.fromtimestamp(row.first_failed_at, timezone.utc)
-            ),
+            first_failed_at=_moment(row.first_failed_at),
         )
 
     def _held(self, message: OutboxMessage) -> _Row | None:
@@ -198,6 +212,8 @@ class MemoryOutboxStore:
         if row is None:
             return False
         row.state, row.lease, row.last_error = BLOCKED, None, error
+        if row.first_failed_at is None:
+            row.first_failed_at = self._clock.time()
         return True
 
     async def dead_letter(self, message: OutboxMessage, letter: DeadLetter) -> bool:
@@ -228,6 +244,31 @@ class MemoryOutboxStore:
         if rows and self._wake is not None:
             self._wake.set()
         return len(rows)
+
+    async def blocked(self, *, limit: int = 100, after: int | None = None) -> list[BlockedRow]:
+        """Blocked rows in position order, after ``after``, at most ``limit``."""
+        start = -1 if after is None else after
+        found: list[BlockedRow] = []
+        if limit <= 0:
+            return found
+        for row in self._rows.values():  # inserted, so kept, in position order
+            if row.state == BLOCKED and row.position > start:
+                found.append(
+                    BlockedRow(
+                        position=row.position,
+                        topic=row.topic,
+                        key=row.key,
+                        event_id=row.event_id,
+                        event_type=row.event_type,
+                        attempts=row.attempts,
+                        last_error=row.last_error,
+                        created_at=datetime.fromtimestamp(row.created_at, timezone.utc),
+                        first_failed_at=_moment(row.first_failed_at),
+                    )
+                )
+                if len(found) == limit:
+                    break
+        return found
 
     async def purge_published(self, *, older_than: float) -> int:
         """Delete rows published more than ``older_than`` seconds ago."""

@@ -57,7 +57,12 @@ import anyio.to_thread
 
 from resilience_kit.errors import ConfigurationError
 from resilience_kit.messaging._protocols import OutboxEntry
-from resilience_kit.messaging._records import DeadLetter, OutboxMessage, OutboxStatus
+from resilience_kit.messaging._records import (
+    BlockedRow,
+    DeadLetter,
+    OutboxMessage,
+    OutboxStatus,
+)
 from resilience_kit.stores._postgres_db import seconds
 from resilience_kit.stores._postgres_dead_letters import COLUMNS, letter_row
 
@@ -184,8 +189,9 @@ _RETRY_SQL = (
     f" available_at = now() + %s * interval '1 second', last_error = %s,"
     f" first_failed_at = coalesce(o.first_failed_at, now()) {_FENCED}"
 )
-_BLOCK_SQL = (
-    f"UPDATE {{schema}}.rk_outbox AS o SET state = 1, lease = NULL, last_error = %s {_FENCED}"  # noqa: S608 - constants only
+_BLOCK_SQL = (  # constants only
+    "UPDATE {schema}.rk_outbox AS o SET state = 1, lease = NULL, last_error = %s,"  # noqa: S608
+    f" first_failed_at = coalesce(o.first_failed_at, now()) {_FENCED}"
 )
 # One statement, so one transaction: the row leaves the outbox exactly when its dead
 # letter is stored, and neither happens if the lease is not held.
@@ -259,6 +265,12 @@ class PostgresOutbox:
             " WHERE CASE WHEN %(named)s"
             " THEN state IN (1, 2) AND position = ANY(%(positions)s::bigint[])"
             " ELSE state = 1 AND %(blocked)s END"
+        )
+        # "state <> 2" lets the planner use the partial index of unpublished rows.
+        self._blocked = db.query(
+            "SELECT position, topic, key, event_id, event_type, attempts, last_error,"
+            " created_at, first_failed_at FROM {schema}.rk_outbox"
+            " WHERE state <> 2 AND state = 1 AND position > %s ORDER BY position LIMIT %s"
         )
         self._purge = db.query(
             "DELETE FROM {schema}.rk_outbox"
@@ -510,6 +522,45 @@ class PostgresOutbox:
         return await self._db.run(
             lambda connection: connection.execute(self._requeue, params).rowcount
         )
+
+    async def blocked(self, *, limit: int = 100, after: int | None = None) -> list[BlockedRow]:
+        """Blocked rows in position order, after the ``after`` position, at most ``limit``.
+
+        One read-only statement; nothing is locked.
+        """
+        if limit <= 0:
+            return []
+        start = 0 if after is None else max(min(after, 2**63 - 1), -(2**63))
+
+        def work(connection: psycopg.Connection[Any]) -> list[Any]:
+            return connection.execute(self._blocked, (start, limit)).fetchall()
+
+        return [
+            BlockedRow(
+                position=position,
+                topic=topic,
+                key=key,
+                event_id=event_id,
+                event_type=event_type,
+                attempts=attempts,
+                last_error=_read_error(last_error),
+                created_at=created_at.astimezone(timezone.utc),
+                first_failed_at=(
+                    first_failed_at.astimezone(timezone.utc) if first_failed_at else None
+                ),
+            )
+            for (
+                position,
+                topic,
+                key,
+                event_id,
+                event_type,
+                attempts,
+                last_error,
+                created_at,
+                first_failed_at,
+            ) in await self._db.run(work)
+        ]
 
     async def purge_published(self, *, older_than: float) -> int:
         """Delete rows published ``older_than`` seconds ago or earlier; return how many."""

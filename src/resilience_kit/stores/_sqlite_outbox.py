@@ -14,11 +14,18 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
+from uuid import UUID
 
 from resilience_kit import _telemetry
 from resilience_kit.messaging._protocols import OutboxEntry
-from resilience_kit.messaging._records import DeadLetter, OutboxMessage, OutboxStatus
+from resilience_kit.messaging._records import (
+    BlockedRow,
+    DeadLetter,
+    OutboxMessage,
+    OutboxStatus,
+)
 from resilience_kit.stores._sqlite_database import (
     Database,
     check_connection,
@@ -66,7 +73,8 @@ _RELEASE = (
     " attempts = max(attempts - 1, 0) WHERE position = ? AND lease = ? AND state = 'leased'"
 )
 _BLOCK = (
-    "UPDATE rk_outbox SET state = 'blocked', last_error = ?, lease = NULL"
+    "UPDATE rk_outbox SET state = 'blocked', last_error = ?, lease = NULL,"
+    " first_failed_at = coalesce(first_failed_at, (julianday('now') - 2440587.5) * 86400.0)"
     " WHERE position = ? AND lease = ? AND state = 'leased'"
 )
 _DELETE = "DELETE FROM rk_outbox WHERE position = ? AND lease = ? AND state = 'leased'"
@@ -85,11 +93,69 @@ SELECT
     min(position)
 FROM rk_outbox INDEXED BY rk_outbox_unpublished WHERE state != 'published'
 """
+# Blocked rows: a walk of the covering partial index of unpublished rows (the one the
+# claim and `status` walk) from the cursor, then the chosen rows' columns.
+_BLOCKED = """
+SELECT position, topic, key, event_id, event_type, attempts, last_error, created_at,
+    first_failed_at
+FROM rk_outbox WHERE position IN (
+    SELECT position FROM rk_outbox INDEXED BY rk_outbox_unpublished
+    WHERE state != 'published' AND state = 'blocked' AND position > ?
+    ORDER BY position LIMIT ?)
+ORDER BY position
+"""
 _PURGE_CHUNK = 5_000  # rows deleted per transaction, so relays are not held up long
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _text(value: object) -> str:
+    """A stored text column as text, whatever a hand-made edit left in it."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _uuid(value: object) -> UUID | None:
+    """The stored event id (16 bytes, or text written by hand), or ``None``."""
+    if isinstance(value, bytes) and len(value) == 16:
+        return UUID(bytes=value)
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _time(value: object) -> datetime | None:
+    """A stored Unix time as a datetime, or ``None`` when it is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return from_seconds(value)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _blocked_row(columns: tuple[Any, ...]) -> BlockedRow:
+    """A blocked row as stored; a corrupted column (often why it is blocked) still reads."""
+    position, topic, key, event_id, event_type, attempts, last_error, created, failed = columns
+    return BlockedRow(
+        position=position,
+        topic=_text(topic),
+        key=_text(key),
+        event_id=_uuid(event_id),
+        event_type=_text(event_type),
+        attempts=attempts if type(attempts) is int else 0,
+        last_error=None if last_error is None else _text(last_error),
+        created_at=_time(created) or datetime.fromtimestamp(0, timezone.utc),
+        first_failed_at=_time(failed),
+    )
 
 
 class _Claim:
@@ -340,6 +406,24 @@ class SQLiteOutboxStore:
         if positions is None and not blocked:
             return 0
         return await self._db.call(requeue, write=True)
+
+    async def blocked(self, *, limit: int = 100, after: int | None = None) -> list[BlockedRow]:
+        """Blocked rows in position order, after the ``after`` position, at most ``limit``.
+
+        A read transaction that walks the partial index of unpublished rows (no write
+        lock). A row with a corrupted column is listed all the same, since that is
+        often why it was blocked: an unreadable event id reads as ``None``, other text
+        as its ``str``, an unreadable time as ``None`` (``created_at``: the Unix epoch).
+        """
+        if limit <= 0:
+            return []
+        start = -(2**63) if after is None else max(min(after, 2**63 - 1), -(2**63))
+
+        def blocked(connection: sqlite3.Connection) -> list[BlockedRow]:
+            rows = connection.execute(_BLOCKED, (start, limit)).fetchall()
+            return [_blocked_row(tuple(row)) for row in rows]
+
+        return await self._db.call(blocked, write=False)
 
     async def purge_published(self, *, older_than: float) -> int:
         """Delete rows published more than ``older_than`` seconds ago; return how many.
