@@ -666,7 +666,7 @@ def test_outbox_blocked_lists_the_blocked_rows(
     assert (one["key"], one["topic"], one["event_type"]) == ("org:1", "orgs", "org.created")
     assert one["attempts"] == 1
     assert one["last_error"] == "ConnectionError: broker down\nat line 2"
-    assert one["first_failed_at"] is None  # blocked at its first failure
+    assert one["first_failed_at"] is not None  # blocked at its first failure: recorded
     assert datetime.fromisoformat(one["created_at"]).utcoffset() == timedelta(0)
     assert str(uuid.UUID(one["event_id"])) == one["event_id"]
     assert two["position"] == second
