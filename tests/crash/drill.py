@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from resilience_kit.messaging import Event, Outbox
-from resilience_kit.stores.sqlite import SQLiteStore
+from tests.crash.app import App
 
 ROOT = Path(__file__).resolve().parents[2]
 BURST = 8
@@ -36,8 +36,9 @@ class _Rollback(Exception):
 class Producer(threading.Thread):
     """Adds a burst of orders each time it is told to, 1 in 5 of them rolled back."""
 
-    def __init__(self, store: SQLiteStore, seed: int) -> None:
+    def __init__(self, app: App, store: Any, seed: int) -> None:
         super().__init__(daemon=True)
+        self.app = app
         self.store = store
         self.rng = random.Random(seed)
         self.go = threading.Semaphore(0)
@@ -49,6 +50,7 @@ class Producer(threading.Thread):
 
     def run(self) -> None:
         outbox = Outbox(self.store.outbox, topic="orders")
+        orders = self.app.table("orders")
         try:
             while True:
                 self.go.acquire()
@@ -61,61 +63,64 @@ class Producer(threading.Thread):
                         key=f"customer:{self.order % 7}",
                         payload={"order": self.order},
                     )
-                    connection = self.store.connect()
                     try:
-                        with connection:
-                            connection.execute("INSERT INTO orders (id) VALUES (?)", (self.order,))
+                        with self.app.transaction() as connection:
+                            self.app.execute(
+                                connection, f"INSERT INTO {orders} (id) VALUES (?)", self.order
+                            )
                             outbox.add(connection, event)
                             if self.rng.random() < 0.2:
                                 raise _Rollback
                         self.committed.add(str(event.id))
                     except _Rollback:
                         self.rolled_back.add(str(event.id))
-                    finally:
-                        connection.close()
         except BaseException as exc:
             self.error = exc
 
 
-def _worker(app_db: Path, broker_db: Path, seed: int, mode: str, timeout: float) -> int:
+def _worker(spec: str, broker_db: Path, seed: int, mode: str, timeout: float) -> int:
     return subprocess.run(
-        [sys.executable, "-m", "tests.crash.worker", str(app_db), str(broker_db), str(seed), mode],
+        [sys.executable, "-m", "tests.crash.worker", spec, str(broker_db), str(seed), mode],
         cwd=ROOT,
         timeout=timeout,
         check=False,
     ).returncode
 
 
-def run_drill(workdir: Path, *, kills: int = 50, seed: int = 1) -> dict[str, Any]:
-    """Run the drill in ``workdir``; return the counts (the caller asserts on them)."""
-    app_db, broker_db = workdir / "app.db", workdir / "broker.db"
-    store = SQLiteStore(app_db)
+def run_drill(
+    workdir: Path, *, kills: int = 50, seed: int = 1, app: str | None = None
+) -> dict[str, Any]:
+    """Run the drill in ``workdir``; return the counts (the caller asserts on them).
+
+    ``app`` names the application's database (tests/crash/app.py): by default a SQLite
+    file in ``workdir``; ``postgresql:<url>#<schema>`` for PostgreSQL.
+    """
+    spec = app or f"sqlite:{workdir / 'app.db'}"
+    broker_db = workdir / "broker.db"
+    application = App(spec)
+    store = application.store()
     store.migrate()
-    with sqlite3.connect(app_db) as connection:
-        connection.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
-        connection.execute("CREATE TABLE effects (event_id TEXT NOT NULL, order_id INTEGER)")
-    producer = Producer(store, seed)
+    application.create_tables()
+    producer = Producer(application, store, seed)
     producer.start()
     killed = lives = 0
     exits: Counter[int] = Counter()
     while killed < kills and lives < kills * 3:
         producer.go.release()  # a burst of orders while this life runs
-        code = _worker(app_db, broker_db, seed * 1000 + lives, "kill", timeout=60)
+        code = _worker(spec, broker_db, seed * 1000 + lives, "kill", timeout=60)
         exits[code] += 1
         lives += 1
         killed += code == -signal.SIGKILL
     producer.stop = True
     producer.go.release()
     producer.join(timeout=60)
-    drain_code = _worker(app_db, broker_db, seed, "drain", timeout=300)
+    drain_code = _worker(spec, broker_db, seed, "drain", timeout=300)
     store.close()
 
     broker = sqlite3.connect(broker_db)
     published = [row[0] for row in broker.execute("SELECT event_id FROM messages")]
     broker.close()
-    app = sqlite3.connect(app_db)
-    effects = Counter(row[0] for row in app.execute("SELECT event_id FROM effects"))
-    app.close()
+    effects = Counter(application.effects())
     published_once = set(published)
     return {
         "lives": lives,
@@ -141,6 +146,10 @@ if __name__ == "__main__":
     import tempfile
 
     with tempfile.TemporaryDirectory() as directory:
-        counts = run_drill(Path(directory), kills=int(sys.argv[1]) if len(sys.argv) > 1 else 50)
+        counts = run_drill(
+            Path(directory),
+            kills=int(sys.argv[1]) if len(sys.argv) > 1 else 50,
+            app=sys.argv[2] if len(sys.argv) > 2 else None,
+        )
     for name, value in counts.items():
         print(f"{name:>26}: {value}")

@@ -1,6 +1,6 @@
 """One life of a relay + consumer process for the crash test; it may SIGKILL itself.
 
-Usage: python -m tests.crash.worker APP_DB BROKER_DB SEED MODE
+Usage: python -m tests.crash.worker APP BROKER_DB SEED MODE   (APP: see tests/crash/app.py)
 
 MODE ``kill``: relay and consume until a point chosen at random from SEED, then die by
 SIGKILL — before or after a publish, before or after marking rows published, after the
@@ -21,7 +21,7 @@ import anyio
 
 from resilience_kit import Backoff, RetryPolicy
 from resilience_kit.messaging import Event, Inbox, OutboxRelay, ResilientConsumer
-from resilience_kit.stores.sqlite import SQLiteStore
+from tests.crash.app import App
 from tests.crash.broker import BrokerPublisher, BrokerSubscriber
 
 LEASE_FOR = 0.5
@@ -41,10 +41,11 @@ class Fate:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-async def main(app_db: Path, broker_db: Path, seed: int, mode: str) -> None:
+async def main(spec: str, broker_db: Path, seed: int, mode: str) -> None:
     fate = Fate(seed, mode == "kill")
     rng = random.Random(seed * 7919)
-    store = SQLiteStore(app_db)
+    app = App(spec)
+    store = app.store()
     store.migrate()
 
     class DyingPublisher(BrokerPublisher):
@@ -75,18 +76,16 @@ async def main(app_db: Path, broker_db: Path, seed: int, mode: str) -> None:
     inbox = Inbox(store.inbox, consumer="billing")
 
     async def apply_effect(event: Event) -> None:
-        connection = store.connect()
-        try:
-            with connection:
-                if inbox.mark(connection, event):
-                    connection.execute(
-                        "INSERT INTO effects (event_id, order_id) VALUES (?, ?)",
-                        (str(event.id), event.payload["order"]),
-                    )
-                    fate.point()  # written, not committed
-            fate.point()  # committed, not acknowledged
-        finally:
-            connection.close()
+        with app.transaction() as connection:
+            if inbox.mark(connection, event):
+                app.execute(
+                    connection,
+                    f"INSERT INTO {app.table('effects')} (event_id, order_id) VALUES (?, ?)",
+                    str(event.id),
+                    event.payload["order"],
+                )
+                fate.point()  # written, not committed
+        fate.point()  # committed, not acknowledged
 
     class DyingSubscriber(BrokerSubscriber):
         async def ack(self, delivery: Any) -> None:
@@ -115,4 +114,4 @@ async def main(app_db: Path, broker_db: Path, seed: int, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    anyio.run(main, sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
