@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -13,14 +13,14 @@ import anyio
 from anyio.abc import TaskStatus
 
 from resilience_kit import _telemetry
-from resilience_kit.clock import Clock, SystemClock
+from resilience_kit.clock import Clock
 from resilience_kit.errors import ConfigurationError, InvalidEventError
 from resilience_kit.messaging._protocols import OutboxStore, Publisher
 from resilience_kit.messaging._records import DeadLetter, OutboxMessage, OutboxStatus
 from resilience_kit.messaging._validation import check_name
 from resilience_kit.policies._backoff import Backoff
 from resilience_kit.policies._base import check_int, check_positive, resolve_clock
-from resilience_kit.policies._deadline import deadline_scope
+from resilience_kit.policies._deadline import MovableDeadline, movable_deadline
 
 __all__ = ("OutboxRelay", "RelayReport")
 
@@ -294,28 +294,26 @@ class OutboxRelay:
         published: list[OutboxMessage],
         tally: _Tally,
     ) -> None:
-        """Publish key runs one after another (a worker); each run stops at its first failure."""
+        """Publish key runs one after another (a worker); each run stops at its first failure.
+
+        One cancel scope serves many publishes, its deadline moved before each one (a
+        scope per publish costs ~10 us a row). A scope that fired is spent, so after a
+        timeout the worker settles that run and goes on in a new one.
+        """
         clock = resolve_clock(self._clock)
-        if type(clock) is not SystemClock:
-            for run in runs:
-                await self._settle(run, await self._publish_run(clock, run, published), tally)
-            return
-        # On the system clock one cancel scope serves many publishes, its deadline moved
-        # before each one: a scope per publish costs ~10 us a row. A scope that fired is
-        # spent, so after a timeout the worker goes on in a new one.
         while True:
             at = [0]  # the row being published, for a timeout
             current: list[OutboxMessage] | None = None
             stop: tuple[int, Exception | None] | None = None
-            with anyio.CancelScope() as scope:
+            with movable_deadline(clock) as deadline:
                 for next_run in runs:
                     current = next_run
-                    stop = await self._publish_run_fast(scope, at, next_run, published)
+                    stop = await self._publish_run(deadline, at, next_run, published)
                     if stop is not None:
                         break
                 else:
                     current = None
-            if scope.cancelled_caught:
+            if deadline.scope.cancelled_caught:
                 stop = (at[0], self._timed_out())
             if current is None or stop is None:
                 return
@@ -341,42 +339,27 @@ class OutboxRelay:
         return TimeoutError(f"publishing took longer than publish_timeout={self.publish_timeout}s")
 
     async def _publish_run(
-        self, clock: Clock, run: list[OutboxMessage], published: list[OutboxMessage]
-    ) -> tuple[int, Exception | None] | None:
-        """Publish rows in order, one deadline scope each (clocks with timers: tests).
-
-        Returns where the run stopped and why (the error of that row), or ``None``.
-        """
-        for index, message in enumerate(run):
-            try:
-                event = message.event()
-                with deadline_scope(clock, self.publish_timeout) as scope:
-                    await self.publisher.publish(message.topic, event)
-                if scope.cancelled_caught:
-                    return index, self._timed_out()
-            except Exception as exc:  # noqa: BLE001 - any publish failure is the row's
-                return index, exc
-            published.append(message)
-        return None
-
-    async def _publish_run_fast(
         self,
-        scope: anyio.CancelScope,
+        deadline: MovableDeadline,
         at: list[int],
         run: list[OutboxMessage],
         published: list[OutboxMessage],
     ) -> tuple[int, Exception | None] | None:
-        """`_publish_run` inside the worker's cancel scope, moving its deadline."""
+        """Publish one key's rows in order inside the worker's scope, each on a deadline.
+
+        Returns where the run stopped and why (the error of that row, or ``None`` when
+        the rest goes back unattempted), or ``None`` when every row was published.
+        """
         for index, message in enumerate(run):
             at[0] = index
             try:
                 event = message.event()
-                scope.deadline = anyio.current_time() + self.publish_timeout
+                deadline.arm(self.publish_timeout)
                 await self.publisher.publish(message.topic, event)
             except Exception as exc:  # noqa: BLE001 - any publish failure is the row's
                 return index, exc
             published.append(message)
-            if scope.cancel_called:  # pragma: no cover - a race of one loop tick
+            if deadline.scope.cancel_called:  # pragma: no cover - a race of one loop tick
                 # The deadline passed just as this publish returned: it counts, and the
                 # rest of the run goes back unattempted (the scope is spent).
                 return index + 1, None
@@ -521,12 +504,4 @@ def _describe(error: BaseException) -> str:
 
 
 def _add(a: RelayReport, b: RelayReport) -> RelayReport:
-    return RelayReport(
-        claimed=a.claimed + b.claimed,
-        published=a.published + b.published,
-        retried=a.retried + b.retried,
-        dead_lettered=a.dead_lettered + b.dead_lettered,
-        blocked=a.blocked + b.blocked,
-        released=a.released + b.released,
-        lost_leases=a.lost_leases + b.lost_leases,
-    )
+    return RelayReport(**{f.name: getattr(a, f.name) + getattr(b, f.name) for f in fields(a)})
