@@ -8,6 +8,7 @@ Examples:
     ... )
 """
 
+from resilience_kit._exports import present_at_top_level
 from resilience_kit._version import __version__ as __version__
 from resilience_kit.caching import CacheLookup as CacheLookup
 from resilience_kit.caching import CachePolicy as CachePolicy
@@ -175,3 +176,6 @@ __all__ = (
     "idempotent",
     "retry_after_hint",
 )
+
+# What this package re-exports presents itself as `resilience_kit.X` (reprs, docs, pickle).
+present_at_top_level(globals(), __all__)

@@ -7,7 +7,6 @@ Examples:
     >>> cache = PolicyCache(entitlements, ttl=3600.0, policy=FailOpen(default={"seats": 1}))
 """
 
-from resilience_kit._exports import present_at_top_level
 from resilience_kit.caching._cache import CacheLookup as CacheLookup
 from resilience_kit.caching._cache import PolicyCache as PolicyCache
 from resilience_kit.caching._errors import CacheLoadError as CacheLoadError
@@ -37,5 +36,3 @@ __all__ = (
     "ServeStale",
     "Served",
 )
-
-present_at_top_level(globals(), __all__)

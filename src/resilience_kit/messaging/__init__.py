@@ -19,7 +19,6 @@ Examples:
     True
 """
 
-from resilience_kit._exports import present_at_top_level
 from resilience_kit.errors import EventTooLargeError as EventTooLargeError
 from resilience_kit.errors import IdempotencyConflictError as IdempotencyConflictError
 from resilience_kit.errors import IdempotencyError as IdempotencyError
@@ -90,20 +89,8 @@ __all__ = (
     "idempotent",
 )
 
-# Only the names `resilience_kit` exports too present themselves as `resilience_kit.X`;
-# the others name this module (pickle finds a class through the module it names).
-_TOP_LEVEL = (
-    "DeadLetter",
-    "DeadLetterFilter",
-    "DeadLetterQueue",
-    "Event",
-    "IdempotencyMiddleware",
-    "Inbox",
-    "Outbox",
-    "OutboxRelay",
-    "ResilientConsumer",
-)
-present_at_top_level(globals(), _TOP_LEVEL)
+# Classes defined in private modules name this one (pickle finds a class through the
+# module it names); those `resilience_kit` re-exports are renamed there once more.
 for _name in __all__:
     _value = globals()[_name]
     if isinstance(_value, type) and _value.__module__.startswith(f"{__name__}._"):

@@ -1,6 +1,5 @@
 """Call policies: each wraps one call, as a decorator for sync and async functions."""
 
-from resilience_kit._exports import present_at_top_level
 from resilience_kit.policies._backoff import Backoff as Backoff
 from resilience_kit.policies._backoff import Jitter as Jitter
 from resilience_kit.policies._base import Policy as Policy
@@ -44,5 +43,3 @@ __all__ = (
     "Timeout",
     "retry_after_hint",
 )
-
-present_at_top_level(globals(), __all__)

@@ -11,7 +11,6 @@ Examples:
     'ada'
 """
 
-from resilience_kit._exports import present_at_top_level
 from resilience_kit.security._errors import MalformedTokenError as MalformedTokenError
 from resilience_kit.security._errors import TokenAlgorithmError as TokenAlgorithmError
 from resilience_kit.security._errors import TokenClaimError as TokenClaimError
@@ -51,5 +50,3 @@ __all__ = (
     "VerifiedToken",
     "VersionedTokenVerifier",
 )
-
-present_at_top_level(globals(), __all__)
