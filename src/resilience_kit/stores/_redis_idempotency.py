@@ -51,9 +51,9 @@ return {'won'}
 
 _GET = _READ + "return read(KEYS[1])\n"
 
-# KEYS: record. ARGV: token, result, ttl (ms). Fenced: only the in-progress record the
-# token owns is completed; a zero ttl stores a result that has already expired.
-_COMPLETE = """
+# The fence of complete and release: go on only for the in-progress record that the
+# token (ARGV[1]) owns; anything else answers 0 and changes nothing.
+_OWNED = """
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then
     return 0
 end
@@ -61,6 +61,13 @@ local fields = redis.call('HMGET', KEYS[1], 'status', 'token')
 if fields[1] ~= 'in_progress' or fields[2] ~= ARGV[1] then
     return 0
 end
+"""
+
+# KEYS: record. ARGV: token, result, ttl (ms). Fenced: only the in-progress record the
+# token owns is completed; a zero ttl stores a result that has already expired.
+_COMPLETE = (
+    _OWNED
+    + """
 local ttl = tonumber(ARGV[3])
 if ttl <= 0 then
     redis.call('DEL', KEYS[1])
@@ -70,18 +77,10 @@ redis.call('HSET', KEYS[1], 'status', 'completed', 'result', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ttl)
 return 1
 """
+)
 
 # KEYS: record. ARGV: token.
-_RELEASE = """
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then
-    return 0
-end
-local fields = redis.call('HMGET', KEYS[1], 'status', 'token')
-if fields[1] ~= 'in_progress' or fields[2] ~= ARGV[1] then
-    return 0
-end
-return redis.call('DEL', KEYS[1])
-"""
+_RELEASE = _OWNED + "return redis.call('DEL', KEYS[1])\n"
 
 _STATUSES = ("in_progress", "completed")
 
