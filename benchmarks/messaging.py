@@ -59,9 +59,53 @@ def best_of(run: Callable[[], float]) -> float:
 # -- 1. outbox.add vs a plain INSERT ---------------------------------------------------
 
 
+def compare_add(
+    connection: Any,
+    outbox: Outbox,
+    insert: str,
+    row_of: Callable[[Event], tuple[Any, ...]],
+    reset: str,
+    **options: Any,
+) -> dict[str, float]:
+    """Time Outbox.add against the plain INSERT, both in ``connection``'s transaction.
+
+    ``row_of`` builds the plain table's row from an event (the hand-written outbox);
+    ``reset`` empties both tables between rounds; ``options`` go to every ``execute``.
+    """
+    events = [make_event(n) for n in range(ADDS)]
+    rows = [row_of(event) for event in events]
+
+    def timed(body: Callable[[], None]) -> float:
+        start = time.perf_counter()
+        body()
+        elapsed = time.perf_counter() - start
+        connection.commit()
+        for statement in reset.split(";"):
+            connection.execute(statement)
+        connection.commit()
+        return elapsed / ADDS * 1e6
+
+    def ours() -> None:
+        for event in events:
+            outbox.add(connection, event)
+
+    def raw() -> None:
+        for row in rows:
+            connection.execute(insert, row, **options)
+
+    def hand_written() -> None:
+        for event in events:
+            connection.execute(insert, row_of(event), **options)
+
+    return {
+        "Outbox.add": best_of(lambda: timed(ours)),
+        "INSERT, values ready": best_of(lambda: timed(raw)),
+        "INSERT, event encoded": best_of(lambda: timed(hand_written)),
+    }
+
+
 def sqlite_add(workdir: Path) -> dict[str, float]:
-    path = workdir / "add.db"
-    store = SQLiteStore(path)
+    store = SQLiteStore(workdir / "add.db")
     store.migrate()
     connection = store.connect()
     ddl = [
@@ -73,42 +117,13 @@ def sqlite_add(workdir: Path) -> dict[str, float]:
     for statement in ddl:  # the same table and indexes, under another name
         connection.execute(re.sub(r"\brk_outbox", "plain_outbox", statement))
     connection.commit()
-    outbox = Outbox(store.outbox, topic="orders")
-    insert = (
-        "INSERT INTO plain_outbox (topic, key, event_id, event_type, data) VALUES (?, ?, ?, ?, ?)"
+    figures = compare_add(
+        connection,
+        Outbox(store.outbox, topic="orders"),
+        "INSERT INTO plain_outbox (topic, key, event_id, event_type, data) VALUES (?, ?, ?, ?, ?)",
+        lambda e: ("orders", e.key, e.id.bytes, e.type, e.to_json()),
+        "DELETE FROM rk_outbox; DELETE FROM plain_outbox",
     )
-    events = [make_event(n) for n in range(ADDS)]
-    rows = [("orders", e.key, e.id.bytes, e.type, e.to_json()) for e in events]
-
-    def timed(body: Callable[[], None]) -> float:
-        start = time.perf_counter()
-        body()
-        elapsed = time.perf_counter() - start
-        connection.commit()
-        connection.execute("DELETE FROM rk_outbox")
-        connection.execute("DELETE FROM plain_outbox")
-        connection.commit()
-        return elapsed / ADDS * 1e6
-
-    def ours() -> None:
-        for event in events:
-            outbox.add(connection, event)
-
-    def raw() -> None:
-        for row in rows:
-            connection.execute(insert, row)
-
-    def hand_written() -> None:
-        for event in events:
-            connection.execute(
-                insert, ("orders", event.key, event.id.bytes, event.type, event.to_json())
-            )
-
-    figures = {
-        "Outbox.add": best_of(lambda: timed(ours)),
-        "INSERT, values ready": best_of(lambda: timed(raw)),
-        "INSERT, event encoded": best_of(lambda: timed(hand_written)),
-    }
     connection.close()
     store.close()
     return figures
@@ -122,49 +137,20 @@ def postgres_add(url: str) -> dict[str, float]:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     store = PostgresStore(url, schema=schema)
     store.migrate()
-    outbox = Outbox(store.outbox, topic="orders")
-    events = [make_event(n) for n in range(ADDS)]
     with psycopg.connect(url) as connection:
         connection.execute(
             f"CREATE TABLE {schema}.plain_outbox (LIKE {schema}.rk_outbox INCLUDING ALL)"
         )
         connection.commit()
-        insert = (
+        figures = compare_add(
+            connection,
+            Outbox(store.outbox, topic="orders"),
             f"INSERT INTO {schema}.plain_outbox (topic, key, event_id, event_type, data) "
-            "VALUES (%s, %s, %s, %s, %s)"
+            "VALUES (%s, %s, %s, %s, %s)",
+            lambda e: ("orders", e.key, e.id, e.type, e.to_json()),
+            f"TRUNCATE {schema}.rk_outbox, {schema}.plain_outbox",
+            prepare=True,
         )
-        rows = [("orders", e.key, e.id, e.type, e.to_json()) for e in events]
-
-        def timed(body: Callable[[], None]) -> float:
-            start = time.perf_counter()
-            body()
-            elapsed = time.perf_counter() - start
-            connection.commit()
-            connection.execute(f"TRUNCATE {schema}.rk_outbox, {schema}.plain_outbox")
-            connection.commit()
-            return elapsed / ADDS * 1e6
-
-        def ours() -> None:
-            for event in events:
-                outbox.add(connection, event)
-
-        def raw() -> None:
-            for row in rows:
-                connection.execute(insert, row, prepare=True)
-
-        def hand_written() -> None:
-            for event in events:
-                connection.execute(
-                    insert,
-                    ("orders", event.key, event.id, event.type, event.to_json()),
-                    prepare=True,
-                )
-
-        figures = {
-            "Outbox.add": best_of(lambda: timed(ours)),
-            "INSERT, values ready": best_of(lambda: timed(raw)),
-            "INSERT, event encoded": best_of(lambda: timed(hand_written)),
-        }
         connection.execute(f"DROP SCHEMA {schema} CASCADE")
         connection.commit()
     store.close()
