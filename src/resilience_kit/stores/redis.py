@@ -13,7 +13,7 @@ import json
 import queue
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from resilience_kit import _telemetry
 from resilience_kit.clock import SYSTEM_CLOCK, Clock
@@ -286,7 +286,9 @@ class RedisBreakerStore:
     def _listen_loop(self) -> None:
         while not self._closed.is_set():
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                # Typed in some redis-py releases and not in others: call it through Any.
+                open_pubsub: Any = self._client.pubsub
+                pubsub = open_pubsub(ignore_subscribe_messages=True)
                 pubsub.psubscribe(f"{self._prefix}*")
                 while not self._closed.is_set():
                     message = pubsub.get_message(timeout=0.2)
