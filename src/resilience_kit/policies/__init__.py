@@ -18,7 +18,7 @@ from resilience_kit.policies._retry import Attempt as Attempt
 from resilience_kit.policies._retry import Attempts as Attempts
 from resilience_kit.policies._retry import RetryEvent as RetryEvent
 from resilience_kit.policies._retry import RetryPolicy as RetryPolicy
-from resilience_kit.policies._retry import retry_after_hint as retry_after_hint
+from resilience_kit.policies._retry_after import retry_after_hint as retry_after_hint
 from resilience_kit.policies._timeout import Timeout as Timeout
 
 __all__ = (

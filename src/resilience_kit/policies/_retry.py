@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal
 
@@ -26,6 +24,7 @@ from resilience_kit.policies._base import (
     resolve_clock,
 )
 from resilience_kit.policies._budget import RetryBudget
+from resilience_kit.policies._retry_after import header_hint, hint_seconds, retry_after_hint
 
 StopReason = Literal["attempts", "deadline", "budget", "retry_after"]
 
@@ -54,36 +53,6 @@ class RetryEvent:
 
 
 RetryHook = Callable[[RetryEvent], object]
-
-
-def retry_after_hint(exc: BaseException) -> float | None:
-    """Read a server-given delay from an exception's ``retry_after`` attribute.
-
-    Seconds (int or float) and `datetime.timedelta` are understood; anything else
-    (``bool``, NaN, infinity, other types) is ignored, and negative values count as
-    zero. `CircuitOpenError` carries one, so a retry waits for the breaker's next probe
-    rather than hammering it.
-
-    Examples:
-        >>> class Throttled(Exception):
-        ...     retry_after = 2
-        >>> retry_after_hint(Throttled())
-        2.0
-    """
-    return _hint_seconds(getattr(exc, "retry_after", None))
-
-
-def _hint_seconds(value: object) -> float | None:
-    """A retry-after value as seconds >= 0, or ``None`` when it is not a usable number."""
-    if isinstance(value, timedelta):
-        return max(0.0, value.total_seconds())
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int too large for a float is no usable delay
-        return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _resolve_hooks(hooks: RetryHook | Sequence[RetryHook] | None) -> tuple[RetryHook, ...]:
@@ -123,10 +92,15 @@ class RetryPolicy(Policy):
         backoff: the delay schedule (default: exponential, full jitter, 0.1 s to 30 s).
         budget: a `RetryBudget` shared with other policies to cap retries fleet-wide.
         before_sleep: hooks called with a `RetryEvent` before each wait.
-        retry_after: reads a server-given delay from an exception (default:
-            `retry_after_hint`); the wait is the larger of it and the backoff.
-        max_retry_after: a hint longer than this makes the policy give up instead of
-            waiting that long.
+        retry_after: an extra reader of server-given delays, returning seconds (or a
+            `timedelta`) or ``None``. The built-in reading, `retry_after_hint` (the
+            exception's ``retry_after`` attribute, else the ``Retry-After`` header of
+            the HTTP response it carries), always applies; when both give a hint the
+            longer wins. The wait is the larger of the hint and the backoff. ``None``
+            turns hints off.
+        max_retry_after: a hint longer than this makes the policy give up — the
+            exception propagates at once — instead of parking the caller that long
+            (``None``: no cap).
         clock: the clock to sleep on (the virtual clock in tests).
         rand: a random source for jitter (seeded ones make tests reproducible).
         name: a name for logs and metrics.
@@ -255,11 +229,19 @@ class RetryPolicy(Policy):
             extract = self._retry_after
             if exc is None or extract is None:
                 hint = None
-            elif extract is retry_after_hint:  # the default, inlined: most errors carry none
-                raw = getattr(exc, "retry_after", None)
-                hint = None if raw is None else _hint_seconds(raw)
             else:
-                hint = _hint_seconds(extract(exc))
+                # The built-in reading (retry_after_hint, inlined: most errors carry
+                # none), then the user's own: the longer wait wins, so a custom reader
+                # never drops what a CircuitOpenError or a 429's header asked for.
+                raw = getattr(exc, "retry_after", None)
+                if raw is not None:
+                    hint = hint_seconds(raw)
+                else:
+                    hint = header_hint(exc, resolve_clock(self._clock).time)
+                if extract is not retry_after_hint:
+                    own = hint_seconds(extract(exc))
+                    if own is not None and (hint is None or own > hint):
+                        hint = own
             if hint is not None:
                 if self._max_retry_after is not None and hint > self._max_retry_after:
                     reason = "retry_after"
