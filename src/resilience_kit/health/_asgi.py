@@ -85,9 +85,8 @@ class HealthEndpoint:
         self._shutting_down = False
 
     def __repr__(self) -> str:
-        return (
-            f"HealthEndpoint({self.checks!r}, live={self.live_path!r}, ready={self.ready_path!r})"
-        )
+        prefix = self.live_path[: -len("/live")]
+        return f"HealthEndpoint({self.checks!r}, prefix={prefix!r})"
 
     @property
     def shutting_down(self) -> bool:
