@@ -19,6 +19,7 @@ PUBLIC_MODULES = [
     "resilience_kit.telemetry",
     "resilience_kit.pytest_plugin",
     "resilience_kit.caching",
+    "resilience_kit.health",
     "resilience_kit.messaging",
     "resilience_kit.stores",
     "resilience_kit.stores.memory",

@@ -20,6 +20,7 @@ MODULES = [
     "resilience_kit.policies",
     "resilience_kit.security",
     "resilience_kit.caching",
+    "resilience_kit.health",
     "resilience_kit.messaging",
     "resilience_kit.testing",
     "resilience_kit.telemetry",

@@ -27,6 +27,8 @@ OUTBOX_EVENTS = "resilience.outbox.events"
 OUTBOX_BACKLOG = "resilience.outbox.backlog"
 OUTBOX_LAG = "resilience.outbox.lag"
 CONSUMER_MESSAGES = "resilience.consumer.messages"
+HEALTH_STATUS = "resilience.health.status"
+HEALTH_CHECK_STATUS = "resilience.health.check.status"
 
 _DESCRIPTIONS = {
     RETRY_ATTEMPTS: "Retries scheduled and retry give-ups",
@@ -40,10 +42,12 @@ _DESCRIPTIONS = {
     OUTBOX_BACKLOG: "Outbox rows not yet published, by state, as last measured by a relay",
     OUTBOX_LAG: "Seconds since the oldest unpublished outbox row was added",
     CONSUMER_MESSAGES: "Messages handled by resilient consumers, by outcome",
+    HEALTH_STATUS: "A service's health as last checked: 0 healthy, 1 degraded, 2 unhealthy",
+    HEALTH_CHECK_STATUS: "Each health check's last verdict: 0 healthy, 1 degraded, 2 unhealthy",
 }
 
 # Instruments read by `observe` that report a current value, not a running total.
-_GAUGES = {OUTBOX_BACKLOG, OUTBOX_LAG}
+_GAUGES = {OUTBOX_BACKLOG, OUTBOX_LAG, HEALTH_STATUS, HEALTH_CHECK_STATUS}
 _UNITS = {OUTBOX_LAG: "s"}
 
 logger = logging.getLogger("resilience_kit")

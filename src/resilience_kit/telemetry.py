@@ -29,6 +29,11 @@ Messaging adds (see the messaging docs for the outcomes):
   ``outcome`` (``executed``, ``replayed``, ``conflict``, ``in_progress``, ``failed``,
   ``lease_lost``).
 
+Health checks add gauges of the latest run's verdicts, valued 0 (healthy), 1 (degraded)
+or 2 (unhealthy): ``resilience.health.status`` (attribute ``health``) and
+``resilience.health.check.status`` (attributes ``health`` and ``check``); see
+`resilience_kit.health`.
+
 Caches add observable counters ``resilience.cache.hits``, ``.misses``, ``.loads``,
 ``.load_failures``, ``.stale_serves``, ``.fail_open_serves``, ``.denials`` and
 ``.invalidations`` (attributes ``cache``, ``policy``); see `resilience_kit.caching`.

@@ -185,6 +185,23 @@ class RedisStore:
         if self._owns_client:
             self._io.client.close()
 
+    async def ping(self) -> None:
+        """Send Redis a ``PING``: what a health check asks a store.
+
+        `resilience_kit.health.store_check` calls it. A client made from ``url`` gives
+        up after its 1 s socket timeout.
+
+        Raises:
+            StoreUnavailableError: Redis cannot be reached.
+
+        Examples:
+            ```python
+            with RedisStore(url="redis://redis:6379/0") as store:
+                await store.ping()
+            ```
+        """
+        await self._io.run(self._io.client.ping)
+
     def __enter__(self) -> RedisStore:
         return self
 

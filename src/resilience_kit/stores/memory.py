@@ -77,3 +77,13 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release: present so that every backend can be closed the same way."""
+
+    async def ping(self) -> None:
+        """Answer at once: memory is always reachable (every backend has ``ping``).
+
+        `resilience_kit.health.store_check` calls it.
+
+        Examples:
+            >>> import anyio
+            >>> anyio.run(MemoryStore().ping)
+        """

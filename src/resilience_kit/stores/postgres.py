@@ -12,6 +12,8 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
+
 from resilience_kit.stores._postgres_db import Database
 from resilience_kit.stores._postgres_dead_letters import PostgresDeadLetters
 from resilience_kit.stores._postgres_idempotency import PostgresIdempotency
@@ -141,6 +143,28 @@ class PostgresStore:
         if self._listener is not None:
             self._listener.close()
         self._db.close()
+
+    async def ping(self) -> None:
+        """Check that the server answers ``SELECT 1``: what a health check asks a store.
+
+        Runs on a worker thread that a cancelled caller (a health check's timeout)
+        leaves behind, so the caller is never held up by a server that does not
+        answer. `resilience_kit.health.store_check` calls it.
+
+        Raises:
+            StoreUnavailableError: the server cannot be reached (or the pool is closed).
+
+        Examples:
+            ```python
+            with PostgresStore("postgresql://app@db/app") as store:
+                await store.ping()
+            ```
+        """
+
+        def query() -> None:
+            self._db.run_sync(lambda connection: connection.execute("SELECT 1"))
+
+        await anyio.to_thread.run_sync(query, abandon_on_cancel=True)
 
     def __enter__(self) -> Self:
         return self

@@ -22,6 +22,8 @@ import sqlite3
 from pathlib import Path
 from types import TracebackType
 
+import anyio.to_thread
+
 from resilience_kit.errors import ConfigurationError, StoreError, StoreUnavailableError
 from resilience_kit.policies._base import check_int, check_positive
 from resilience_kit.stores._sqlite_database import Database
@@ -194,6 +196,28 @@ class SQLiteStore:
             >>> store.close()  # idempotent
         """
         self._db.close()
+
+    async def ping(self) -> None:
+        """Check that the database answers a query: what a health check asks a store.
+
+        Runs on a worker thread that a cancelled caller (a health check's timeout)
+        leaves behind, so the caller is never held up by a locked or slow file.
+        `resilience_kit.health.store_check` calls it.
+
+        Raises:
+            StoreUnavailableError: the store is closed, or the database cannot be read.
+
+        Examples:
+            >>> import anyio, os, tempfile
+            >>> with tempfile.TemporaryDirectory() as directory:
+            ...     with SQLiteStore(os.path.join(directory, "app.db")) as store:
+            ...         anyio.run(store.ping)
+        """
+
+        def query() -> None:
+            self._db.run(lambda c: c.execute("SELECT count(*) FROM sqlite_master"), write=False)
+
+        await anyio.to_thread.run_sync(query, abandon_on_cancel=True)
 
     def __enter__(self) -> SQLiteStore:
         return self
