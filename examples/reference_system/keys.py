@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from resilience_kit.security import Keyring, KeyState
+from resilience_kit.security import Keyring
 
 
 class KeyVault:
@@ -51,8 +51,10 @@ def apply_key_step(keyring: Keyring, vault: KeyVault, action: str, version: str)
     elif action == "retire":
         keyring.retire(version)
     elif action == "replace":
+        keyring.add(version, vault.secret(version))
+        keyring.activate(version)
         for key in list(keyring):
-            keyring.remove(key.version)
-        keyring.add(version, vault.secret(version), state=KeyState.ACTIVE)
+            if key.version != version:
+                keyring.remove(key.version)
     else:
         raise ValueError(f"unknown key action {action!r}")

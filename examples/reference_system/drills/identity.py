@@ -239,3 +239,188 @@ def judge_validator_down(system: System, fault_at: float, fault_end: float,
                  first is not None and first - fault_end <= VALIDATOR_OPEN_FOR + 30.0,
                  "never" if first is None else f"{first - fault_end:.1f}s after the fault ended")
     return result
+
+
+# -- 2. rolling token deploy ----------------------------------------------------------------
+
+TOKEN_LIFETIME = 900.0
+STEP_GAP = 20.0  # between two replicas' steps: a rolling deploy, one pod at a time
+
+
+@drill(
+    name="identity-rolling-deploy",
+    number=2,
+    service="Identity",
+    scenario="Token version mismatch during a rolling deploy over 3 replicas",
+    fault="key v1 -> v2 rolled out replica by replica (3 Identity + 3 gateway replicas)",
+    mitigations=("multi-version",),
+    criterion=(
+        "0 valid tokens rejected during the overlap; old-version tokens rejected after "
+        "retirement; re-issuance works"
+    ),
+    page="identity-rolling-deploy.md",
+)
+async def rolling_deploy(system: System) -> DrillResult:
+    rand = system.rand
+    deployment = deploy(system, identities=3, gateways=3, token_lifetime=TOKEN_LIFETIME)
+    users = await sign_up(deployment, 12)
+    hosts = system.network.hosts("identity") + system.network.hosts("gateway")
+    gateways = system.network.hosts("gateway")
+    multi_version = system.mitigations.on("multi-version")
+    tokens: dict[str, str | None] = {user: None for user in users}
+    start = system.now()
+    rollout_at = start + 60.0 + rand.uniform(0, 60)
+    timeline: dict[str, float] = {}
+
+    async def step(action: str, version: str, order: list[str]) -> None:
+        for host in order:
+            await deployment.workload.request(
+                "deployer", "deploy", "POST", f"http://{host}/admin/keys",
+                json={"action": action, "version": version},
+            )
+            await system.sleep(STEP_GAP * rand.uniform(0.5, 1.5))
+
+    async def deployer() -> None:
+        await system.sleep_until(rollout_at)
+        deployment.vault.create("v2")
+        order = rand.sample(hosts, len(hosts))  # replicas move in a random order
+        timeline["rollout"] = system.now()
+        if multi_version:
+            await step("add", "v2", order)
+            await step("activate", "v2", order)  # gateways too: they may then retire v1
+            timeline["activated"] = system.now()
+            await system.sleep(TOKEN_LIFETIME)  # no unexpired v1 token is left
+            timeline["retire"] = system.now()
+            await step("retire", "v1", order)
+        else:
+            await step("replace", "v2", order)  # each pod swaps its key as it restarts
+            timeline["retire"] = system.now()
+        timeline["done"] = system.now()
+
+    async def user_loop(user: str) -> None:
+        while "done" not in timeline or system.now() < timeline["done"] + 120.0:
+            await system.sleep(rand.expovariate(1 / 20.0))
+            gateway = rand.choice(gateways)
+            if tokens[user] is None:
+                tokens[user] = await login(deployment, user, gateway)
+                continue
+            token = str(tokens[user])
+            claims = claims_of(token)
+            record = await deployment.workload.request(
+                user, "whoami", "GET", f"http://{gateway}/api/whoami", token=token,
+                tags={"version": token.split(".", 1)[0], "exp": claims["exp"],
+                      "wall": system.clock.time()},
+            )
+            if record.status == 401:
+                tokens[user] = None  # log in again: re-issuance
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(deployer)
+        for user in users:
+            group.start_soon(user_loop, user)
+    return judge_rolling_deploy(system, timeline, start, users)
+
+
+def judge_rolling_deploy(system: System, timeline: dict[str, float], start: float,
+                         users: list[str]) -> DrillResult:
+    result = DrillResult()
+    records = system.log.where(lambda r: r.operation == "whoami" and r.started >= start)
+    fill_counts(result, records)
+    unexpired = [r for r in records if r.tags["wall"] < r.tags["exp"]]
+    overlap = [r for r in unexpired if r.started < timeline["retire"]]
+    valid_rejected = sum(1 for r in overlap if r.outcome != "served")
+    after = [r for r in records if r.started >= timeline["done"]]
+    old_accepted = sum(1 for r in after if r.tags["version"] == "v1" and r.outcome == "served")
+    result.wrongly_allowed = old_accepted
+    reissued = {r.client for r in after if r.tags["version"] == "v2" and r.outcome == "served"}
+    result.dependency_calls = sum(1 for r in system.log.records if r.operation == "login")
+    result.check("0 valid tokens rejected during the overlap", valid_rejected == 0,
+                 f"{valid_rejected} of {len(overlap)} unexpired tokens rejected before retirement")
+    result.check("old-version tokens rejected after retirement", old_accepted == 0,
+                 f"{old_accepted} v1 tokens accepted after retirement")
+    result.check("re-issuance works: every user is served with a v2 token",
+                 reissued == set(users), f"{len(reissued)} of {len(users)} users")
+    steps = system.log.where(lambda r: r.operation == "deploy")
+    applied = sum(1 for r in steps if r.status == 200)
+    result.check("every deploy step applied", applied == len(steps) > 0,
+                 f"{applied} of {len(steps)} steps")
+    result.time_to_recover = timeline["done"] - timeline["rollout"]
+    return result
+
+
+# -- 3. database connection loss ------------------------------------------------------------
+
+DB_OPEN_FOR = 10.0
+
+
+@drill(
+    name="identity-database-loss",
+    number=3,
+    service="Identity",
+    scenario="Identity's database connection lost: blips, then a 2-minute outage",
+    fault="connections dropped (sqlite3.OperationalError) 8 times, then every use for 120 s",
+    mitigations=("retries", "breaker"),
+    criterion=(
+        "blips invisible (0 failed logins); a long outage fails fast (503 with Retry-After, "
+        "never hanging); automatic recovery"
+    ),
+    page="identity-database-loss.md",
+)
+async def database_loss(system: System) -> DrillResult:
+    rand = system.rand
+    deployment = deploy(system)
+    users = await sign_up(deployment, 10)
+    pool = deployment.identities[0].pool
+    start = system.now()
+    blips_end = start + 200.0
+    outage_at = blips_end + 30.0
+    outage_end = outage_at + 120.0
+    finish = outage_end + 60.0
+
+    async def chaos() -> None:
+        for _ in range(8):
+            await system.sleep(rand.uniform(10.0, 24.0))
+            pool.drop_connections(rand.randint(1, 3))  # a blip: up to 3 broken connections
+        await system.sleep_until(outage_at)
+        pool.outage = True
+        await system.sleep_until(outage_end)
+        pool.outage = False
+
+    async def user_loop(user: str) -> None:
+        while system.now() < finish:
+            await system.sleep(rand.expovariate(1 / 5.0))
+            if system.now() < finish:
+                await login(deployment, user)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(chaos)
+        for user in users:
+            group.start_soon(user_loop, user)
+
+    result = DrillResult()
+    logins = system.log.where(lambda r: r.operation == "login" and r.started >= start)
+    fill_counts(result, logins)
+    during_blips = [r for r in logins if r.started < blips_end]
+    blip_failures = sum(1 for r in during_blips if r.outcome != "served")
+    during_outage = [r for r in logins if outage_at <= r.started < outage_end]
+    not_explicit = sum(
+        1 for r in during_outage if not (r.status == 503 and r.retry_after is not None)
+    )
+    slowest = max((r.latency for r in during_outage), default=0.0)
+    median = percentile([r.latency for r in during_outage], 0.5)
+    result.dependency_calls = sum(1 for at in pool.attempts if outage_at <= at < outage_end)
+    bound = 2 * 4 + (math.ceil((outage_end - outage_at) / DB_OPEN_FOR) + 1) * 2
+    served_after = [r for r in logins if r.started >= outage_end and r.outcome == "served"]
+    first = served_after[0].started - outage_end if served_after else None
+    result.time_to_recover = first
+    result.check("blips are invisible", blip_failures == 0,
+                 f"{blip_failures} of {len(during_blips)} logins during blips not served")
+    result.check("the outage fails fast and explicitly",
+                 not_explicit == 0 and median <= 0.1 and slowest <= 2.5,
+                 f"{not_explicit} of {len(during_outage)} not 503+Retry-After; median "
+                 f"{median:.2f}s, slowest {slowest:.2f}s")
+    result.check("the database is not hammered while down", result.dependency_calls <= bound,
+                 f"{result.dependency_calls} database uses during the outage (bound {bound})")
+    result.check("recovers by itself", first is not None and first <= DB_OPEN_FOR + 10.0,
+                 "never" if first is None else f"first login served {first:.1f}s after")
+    return result
