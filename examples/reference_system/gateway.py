@@ -64,8 +64,13 @@ class Gateway(Service):
             self.keyring.add(version, vault.secret(version), state=KeyState.ACTIVE)
         self.validator_breaker = self.watch(
             CircuitBreaker(
-                "gateway.validator", window=10, minimum_calls=5, failure_rate_threshold=0.5,
-                open_for=30.0, half_open_calls=2, clock=clock,
+                "gateway.validator",
+                window=10,
+                minimum_calls=5,
+                failure_rate_threshold=0.5,
+                open_for=30.0,
+                half_open_calls=2,
+                clock=clock,
             )
         )
         if not mitigations.on("breaker"):
@@ -98,7 +103,9 @@ class Gateway(Service):
                 attempts=2 if mitigations.on("retries") else 1,
                 on=httpx.ConnectError,
                 backoff=Backoff.constant(0.1),
-                clock=clock, rand=ctx.rand.random, name="gateway.identity.retry",
+                clock=clock,
+                rand=ctx.rand.random,
+                name="gateway.identity.retry",
             ),
             self.identity_breaker,
         )
@@ -145,8 +152,7 @@ class Gateway(Service):
                 headers={"retry-after": str(max(1, math.ceil(wait)))},
             )
         except TokenRejectedError as exc:
-            return JSONResponse({"error": "unauthenticated", "reason": exc.reason},
-                                status_code=401)
+            return JSONResponse({"error": "unauthenticated", "reason": exc.reason}, status_code=401)
 
     async def _on_identity_event(self, event: Event) -> None:
         if event.type == "identity.session_revoked":
@@ -177,12 +183,14 @@ class Gateway(Service):
         verified = await self.authenticate(request)
         if isinstance(verified, Response):
             return verified
-        return JSONResponse({
-            "sub": verified.subject,
-            "key_version": verified.key_version,
-            "from_cache": verified.from_cache,
-            "host": self.ctx.host,
-        })
+        return JSONResponse(
+            {
+                "sub": verified.subject,
+                "key_version": verified.key_version,
+                "from_cache": verified.from_cache,
+                "host": self.ctx.host,
+            }
+        )
 
     def to_identity(self, path: str):  # type: ignore[no-untyped-def]
         """A route handler forwarding the request to Identity's ``path``."""
@@ -193,19 +201,28 @@ class Gateway(Service):
             try:
                 response = await self.identity_calls.acall(
                     lambda: self.ctx.http.post(
-                        f"{self.ctx.urls['identity']}{path}", content=body,
+                        f"{self.ctx.urls['identity']}{path}",
+                        content=body,
                         headers={**headers, "content-type": "application/json"},
                     )
                 )
             except CircuitOpenError as exc:
                 wait = max(1, math.ceil(exc.retry_after or 1))
-                return JSONResponse({"error": "identity_unavailable"}, status_code=503,
-                                    headers={"retry-after": str(wait)})
+                return JSONResponse(
+                    {"error": "identity_unavailable"},
+                    status_code=503,
+                    headers={"retry-after": str(wait)},
+                )
             except (httpx.HTTPError, TimeoutError) as exc:
-                return JSONResponse({"error": "identity_unavailable",
-                                     "detail": type(exc).__name__}, status_code=502)
+                return JSONResponse(
+                    {"error": "identity_unavailable", "detail": type(exc).__name__}, status_code=502
+                )
             passed = {k: v for k, v in response.headers.items() if k in ("retry-after",)}
-            return Response(response.content, status_code=response.status_code,
-                            headers=passed, media_type="application/json")
+            return Response(
+                response.content,
+                status_code=response.status_code,
+                headers=passed,
+                media_type="application/json",
+            )
 
         return forward

@@ -79,7 +79,8 @@ class ConnectionPool:
         self.attempts: list[float] = []
         self.fault = ChaosFault(
             sqlite3.OperationalError("database connection lost"),
-            schedule=self._broken, name="identity.db.connection",
+            schedule=self._broken,
+            name="identity.db.connection",
         )
 
     def drop_connections(self, count: int) -> None:
@@ -153,8 +154,13 @@ class Identity(Service):
         mitigations = ctx.mitigations
         self.db_breaker = self.watch(
             CircuitBreaker(
-                "identity.db", window=20, minimum_calls=5, failure_rate_threshold=0.5,
-                open_for=10.0, half_open_calls=2, record_on=(sqlite3.Error, TimeoutError),
+                "identity.db",
+                window=20,
+                minimum_calls=5,
+                failure_rate_threshold=0.5,
+                open_for=10.0,
+                half_open_calls=2,
+                record_on=(sqlite3.Error, TimeoutError),
                 clock=ctx.clock,
             )
         )
@@ -166,7 +172,9 @@ class Identity(Service):
                 attempts=4 if mitigations.on("retries") else 1,
                 on=sqlite3.OperationalError,
                 backoff=Backoff.exponential(initial=0.05, maximum=0.4, jitter="full"),
-                clock=ctx.clock, rand=ctx.rand.random, name="identity.db.retry",
+                clock=ctx.clock,
+                rand=ctx.rand.random,
+                name="identity.db.retry",
             ),
             self.db_breaker,
         )
@@ -216,7 +224,8 @@ class Identity(Service):
         except (CircuitOpenError, sqlite3.Error, TimeoutError) as exc:
             return JSONResponse(
                 {"error": "database_unavailable", "detail": type(exc).__name__},
-                status_code=503, headers={"retry-after": _retry_after(exc)},
+                status_code=503,
+                headers={"retry-after": _retry_after(exc)},
             )
 
     async def signup(self, request: Request) -> Response:
@@ -233,8 +242,11 @@ class Identity(Service):
                 return False
             self.outbox.add(  # committed with the user, or not at all
                 connection,
-                Event(type="identity.user_signed_up", key=f"user:{username}",
-                      payload={"username": username}),
+                Event(
+                    type="identity.user_signed_up",
+                    key=f"user:{username}",
+                    payload={"username": username},
+                ),
             )
             return True
 
@@ -278,8 +290,11 @@ class Identity(Service):
             connection.execute("INSERT OR IGNORE INTO revoked VALUES (?, ?)", (jti, username))
             self.outbox.add(
                 connection,
-                Event(type="identity.session_revoked", key=f"user:{username}",
-                      payload={"jti": jti, "username": username}),
+                Event(
+                    type="identity.session_revoked",
+                    key=f"user:{username}",
+                    payload={"jti": jti, "username": username},
+                ),
             )
 
         async def handle() -> Response:

@@ -41,13 +41,24 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="reference_system",
         description="Run the reference system's failure drills in virtual time.",
     )
-    parser.add_argument("--drill", action="append", default=[], metavar="NAME",
-                        help="run this drill (repeatable); default: all")
+    parser.add_argument(
+        "--drill",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run this drill (repeatable); default: all",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the JSON report here")
-    parser.add_argument("--without-mitigation", action="append", default=[], metavar="NAME",
-                        choices=sorted(KNOWN), help="switch a mitigation off (repeatable)")
+    parser.add_argument(
+        "--without-mitigation",
+        action="append",
+        default=[],
+        metavar="NAME",
+        choices=sorted(KNOWN),
+        help="switch a mitigation off (repeatable)",
+    )
     parser.add_argument("--list", action="store_true", help="list the drills and mitigations")
     parser.add_argument("--quiet", action="store_true", help="print only the table")
     return parser.parse_args(argv)
@@ -58,9 +69,13 @@ def table(reports: Sequence[Report]) -> str:
     rows = [[title for title, _ in COLUMNS]]
     rows += [[cell(report) for _, cell in COLUMNS] for report in reports]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(value.ljust(width) if i == 1 else value.rjust(width)
-                       for i, (value, width) in enumerate(zip(row, widths)))
-             for row in rows]
+    lines = [
+        "  ".join(
+            value.ljust(width) if i == 1 else value.rjust(width)
+            for i, (value, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
@@ -77,21 +92,33 @@ def listing(drills: dict[str, Drill]) -> str:
 
 
 async def run_all(
-    drills: Sequence[Drill], *, seed: int, without: tuple[str, ...], backend: str,
+    drills: Sequence[Drill],
+    *,
+    seed: int,
+    without: tuple[str, ...],
+    backend: str,
     out: TextIO | None,
 ) -> list[Report]:
     """Run ``drills`` one after another, printing a progress line for each."""
     reports = []
     for index, drill in enumerate(drills, 1):
         if out is not None:
-            print(f"[{index}/{len(drills)}] {drill.name}: {drill.scenario} ...", end="",
-                  file=out, flush=True)
+            print(
+                f"[{index}/{len(drills)}] {drill.name}: {drill.scenario} ...",
+                end="",
+                file=out,
+                flush=True,
+            )
         report = await run_drill(drill, seed=seed, without=without, backend=backend)
         reports.append(report)
         if out is not None:
             verdict = "PASS" if report.result.passed else "FAIL"
-            print(f" {verdict} ({report.virtual_seconds:.0f}s virtual, "
-                  f"{report.wall_seconds:.1f}s real)", file=out, flush=True)
+            print(
+                f" {verdict} ({report.virtual_seconds:.0f}s virtual, "
+                f"{report.wall_seconds:.1f}s real)",
+                file=out,
+                flush=True,
+            )
             for check in report.result.checks:
                 mark = "ok " if check.passed else "NOT"
                 print(f"      {mark} {check.name}: {check.detail}", file=out)
@@ -113,16 +140,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     without = tuple(args.without_mitigation)
     started = time.perf_counter()
     reports = anyio.run(
-        lambda: run_all(chosen, seed=args.seed, without=without, backend=args.backend,
-                        out=None if args.quiet else sys.stdout),
+        lambda: run_all(
+            chosen,
+            seed=args.seed,
+            without=without,
+            backend=args.backend,
+            out=None if args.quiet else sys.stdout,
+        ),
         backend=args.backend,
     )
     print()
     print(table(reports))
     failed = [report.drill.name for report in reports if not report.result.passed]
-    print(f"\n{len(reports) - len(failed)} of {len(reports)} drills passed in "
-          f"{time.perf_counter() - started:.1f}s (seed {args.seed}, {args.backend}"
-          + (f", without {', '.join(without)}" if without else "") + ")")
+    print(
+        f"\n{len(reports) - len(failed)} of {len(reports)} drills passed in "
+        f"{time.perf_counter() - started:.1f}s (seed {args.seed}, {args.backend}"
+        + (f", without {', '.join(without)}" if without else "")
+        + ")"
+    )
     if args.json is not None:
         document = {
             "schema": "reference-system-drills/1",

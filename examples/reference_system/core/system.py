@@ -82,12 +82,17 @@ class System:
             self.stores[service] = store
             # Idle relays wake on commits through this store object; the poll is a backstop.
             self.relays[service] = OutboxRelay(
-                store.outbox, self.bus, name=f"{service}.relay", poll_interval=30.0,
+                store.outbox,
+                self.bus,
+                name=f"{service}.relay",
+                poll_interval=30.0,
                 clock=self.clock,
             )
         return self.stores[service]
 
-    def add(self, service: str, factory: Callable[[ServiceContext], S], replicas: int = 1) -> list[S]:
+    def add(
+        self, service: str, factory: Callable[[ServiceContext], S], replicas: int = 1
+    ) -> list[S]:
         """Create ``replicas`` replicas of ``service`` and put them on the network."""
         created: list[S] = []
         self.services.setdefault(service, [])

@@ -15,12 +15,12 @@ from typing import Any
 
 import anyio
 
-from ..core.drill import DrillResult, drill
-from ..core.records import RequestLog, RequestRecord, Workload
-from ..core.system import System
-from ..gateway import Gateway
-from ..identity import Identity
-from ..keys import KeyVault
+from reference_system.core.drill import DrillResult, drill
+from reference_system.core.records import RequestLog, RequestRecord, Workload
+from reference_system.core.system import System
+from reference_system.gateway import Gateway
+from reference_system.identity import Identity
+from reference_system.keys import KeyVault
 
 PASSWORD = "correct horse battery staple"
 
@@ -37,15 +37,19 @@ class Deployment:
     users: list[str] = field(default_factory=list)
 
 
-def deploy(system: System, *, identities: int = 1, gateways: int = 1,
-           token_lifetime: float = 900.0) -> Deployment:
+def deploy(
+    system: System, *, identities: int = 1, gateways: int = 1, token_lifetime: float = 900.0
+) -> Deployment:
     vault = KeyVault(system.seed)
     vault.create("v1")
     return Deployment(
         system,
         vault,
-        system.add("identity", lambda ctx: Identity(ctx, vault=vault,
-                                                    token_lifetime=token_lifetime), identities),
+        system.add(
+            "identity",
+            lambda ctx: Identity(ctx, vault=vault, token_lifetime=token_lifetime),
+            identities,
+        ),
         system.add("gateway", lambda ctx: Gateway(ctx, vault=vault), gateways),
         system.workload(deadline=30.0),
     )
@@ -55,7 +59,10 @@ async def sign_up(deployment: Deployment, count: int, prefix: str = "user") -> l
     names = [f"{prefix}-{n}" for n in range(count)]
     for name in names:
         record = await deployment.workload.request(
-            name, "signup", "POST", "http://gateway/api/signup",
+            name,
+            "signup",
+            "POST",
+            "http://gateway/api/signup",
             json={"username": name, "password": PASSWORD},
         )
         assert record.status == 201, record
@@ -65,7 +72,10 @@ async def sign_up(deployment: Deployment, count: int, prefix: str = "user") -> l
 
 async def login(deployment: Deployment, user: str, gateway: str = "gateway") -> str | None:
     record = await deployment.workload.request(
-        user, "login", "POST", f"http://{gateway}/api/login",
+        user,
+        "login",
+        "POST",
+        f"http://{gateway}/api/login",
         json={"username": user, "password": PASSWORD},
     )
     return str(record.body["token"]) if record.status == 200 else None
@@ -119,12 +129,13 @@ async def validator_down(system: System) -> DrillResult:
     doomed_tokens = [await login(deployment, user) for user in doomed]
     for user in doomed:  # accounts deleted at Identity: their tokens are still well signed
         await deployment.workload.request(
-            "admin", "delete", "POST", "http://identity/admin/delete-user",
+            "admin",
+            "delete",
+            "POST",
+            "http://identity/admin/delete-user",
             json={"username": user},
         )
-    forged = [
-        token.rsplit(".", 1)[0] + "." + "A" * 43 for token in tokens.values() if token
-    ][:3]
+    forged = [token.rsplit(".", 1)[0] + "." + "A" * 43 for token in tokens.values() if token][:3]
 
     start = system.now()
     fault_at = start + 300.0 + rand.uniform(0, 60)
@@ -144,7 +155,11 @@ async def validator_down(system: System) -> DrillResult:
             if token is None or system.now() >= finish:
                 continue
             await deployment.workload.request(
-                user, "whoami", "GET", "http://gateway/api/whoami", token=token,
+                user,
+                "whoami",
+                "GET",
+                "http://gateway/api/whoami",
+                token=token,
                 tags={"kind": kinds.get(token, "session"), "token": token},
             )
         del now
@@ -155,7 +170,11 @@ async def validator_down(system: System) -> DrillResult:
             await system.sleep(rand.expovariate(1 / 15.0))
             kind, token = rand.choice(bad)
             await deployment.workload.request(
-                "attacker", "whoami", "GET", "http://gateway/api/whoami", token=token,
+                "attacker",
+                "whoami",
+                "GET",
+                "http://gateway/api/whoami",
+                token=token,
                 tags={"kind": kind, "token": token},
             )
 
@@ -174,15 +193,19 @@ async def validator_down(system: System) -> DrillResult:
     return judge_validator_down(system, fault_at, fault_end, start)
 
 
-def judge_validator_down(system: System, fault_at: float, fault_end: float,
-                         start: float) -> DrillResult:
+def judge_validator_down(
+    system: System, fault_at: float, fault_end: float, start: float
+) -> DrillResult:
     """Fold the request log into the drill's figures; model the 5-minute cache."""
     result = DrillResult()
-    records = sorted(system.log.where(lambda r: r.operation == "whoami" and r.started >= start),
-                     key=lambda r: r.started)
+    records = sorted(
+        system.log.where(lambda r: r.operation == "whoami" and r.started >= start),
+        key=lambda r: r.started,
+    )
     fill_counts(result, records)
     result.wrongly_allowed = sum(
-        1 for r in records
+        1
+        for r in records
         if r.tags["kind"] in ("deleted", "forged") and r.outcome in ("served", "degraded")
     )
     # The model of the cache: an entry is made by a served request not covered by one.
@@ -210,34 +233,54 @@ def judge_validator_down(system: System, fault_at: float, fault_end: float,
     # At most a window (10 calls) to open, then 2 probes per open interval.
     bound = 10 + (math.ceil((fault_end - fault_at) / VALIDATOR_OPEN_FOR) + 1) * 2
     recovered = [
-        r for r in records
-        if r.started >= fault_end and r.outcome == "served" and r.tags["kind"] == "session"
-        and not (str(r.tags["token"]) in entry_made
-                 and entry_made[str(r.tags["token"])] < r.started)
+        r
+        for r in records
+        if r.started >= fault_end
+        and r.outcome == "served"
+        and r.tags["kind"] == "session"
+        and not (
+            str(r.tags["token"]) in entry_made and entry_made[str(r.tags["token"])] < r.started
+        )
     ]
     # A served request after the fault whose entry it made itself needed the validator.
     needing_validator = [
-        r for r in records if r.started >= fault_end and r.tags["kind"] == "session"
-        and r.outcome == "served" and entry_made.get(str(r.tags["token"])) == r.started
+        r
+        for r in records
+        if r.started >= fault_end
+        and r.tags["kind"] == "session"
+        and r.outcome == "served"
+        and entry_made.get(str(r.tags["token"])) == r.started
     ]
     first = needing_validator[0].started if needing_validator else None
     del recovered
     result.time_to_recover = None if first is None else first - fault_end
     median = percentile(outage_latencies, 0.5)
-    result.check("no unknown or forged token allowed", result.wrongly_allowed == 0,
-                 f"{result.wrongly_allowed} wrongly allowed")
-    result.check("cached sessions keep passing", wrongly_refused == 0 and expected_cached > 0,
-                 f"{expected_cached - wrongly_refused} of {expected_cached} requests within "
-                 "5 min of verification served")
-    result.check("refusals are fast and explicit (503, never hanging)",
-                 outage_failed == 0 and median <= 0.5,
-                 f"{outage_failed} failed, median latency of refusals {median:.2f}s")
-    result.check("calls to the down validator bounded by the breaker",
-                 result.dependency_calls <= bound,
-                 f"{result.dependency_calls} calls reached Identity (bound {bound})")
-    result.check("recovers within open_for + probes",
-                 first is not None and first - fault_end <= VALIDATOR_OPEN_FOR + 30.0,
-                 "never" if first is None else f"{first - fault_end:.1f}s after the fault ended")
+    result.check(
+        "no unknown or forged token allowed",
+        result.wrongly_allowed == 0,
+        f"{result.wrongly_allowed} wrongly allowed",
+    )
+    result.check(
+        "cached sessions keep passing",
+        wrongly_refused == 0 and expected_cached > 0,
+        f"{expected_cached - wrongly_refused} of {expected_cached} requests within "
+        "5 min of verification served",
+    )
+    result.check(
+        "refusals are fast and explicit (503, never hanging)",
+        outage_failed == 0 and median <= 0.5,
+        f"{outage_failed} failed, median latency of refusals {median:.2f}s",
+    )
+    result.check(
+        "calls to the down validator bounded by the breaker",
+        result.dependency_calls <= bound,
+        f"{result.dependency_calls} calls reached Identity (bound {bound})",
+    )
+    result.check(
+        "recovers within open_for + probes",
+        first is not None and first - fault_end <= VALIDATOR_OPEN_FOR + 30.0,
+        "never" if first is None else f"{first - fault_end:.1f}s after the fault ended",
+    )
     return result
 
 
@@ -267,7 +310,7 @@ async def rolling_deploy(system: System) -> DrillResult:
     hosts = system.network.hosts("identity") + system.network.hosts("gateway")
     gateways = system.network.hosts("gateway")
     multi_version = system.mitigations.on("multi-version")
-    tokens: dict[str, str | None] = {user: None for user in users}
+    tokens: dict[str, str | None] = dict.fromkeys(users)
     start = system.now()
     rollout_at = start + 60.0 + rand.uniform(0, 60)
     timeline: dict[str, float] = {}
@@ -275,7 +318,10 @@ async def rolling_deploy(system: System) -> DrillResult:
     async def step(action: str, version: str, order: list[str]) -> None:
         for host in order:
             await deployment.workload.request(
-                "deployer", "deploy", "POST", f"http://{host}/admin/keys",
+                "deployer",
+                "deploy",
+                "POST",
+                f"http://{host}/admin/keys",
                 json={"action": action, "version": version},
             )
             await system.sleep(STEP_GAP * rand.uniform(0.5, 1.5))
@@ -307,9 +353,16 @@ async def rolling_deploy(system: System) -> DrillResult:
             token = str(tokens[user])
             claims = claims_of(token)
             record = await deployment.workload.request(
-                user, "whoami", "GET", f"http://{gateway}/api/whoami", token=token,
-                tags={"version": token.split(".", 1)[0], "exp": claims["exp"],
-                      "wall": system.clock.time()},
+                user,
+                "whoami",
+                "GET",
+                f"http://{gateway}/api/whoami",
+                token=token,
+                tags={
+                    "version": token.split(".", 1)[0],
+                    "exp": claims["exp"],
+                    "wall": system.clock.time(),
+                },
             )
             if record.status == 401:
                 tokens[user] = None  # log in again: re-issuance
@@ -321,8 +374,9 @@ async def rolling_deploy(system: System) -> DrillResult:
     return judge_rolling_deploy(system, timeline, start, users)
 
 
-def judge_rolling_deploy(system: System, timeline: dict[str, float], start: float,
-                         users: list[str]) -> DrillResult:
+def judge_rolling_deploy(
+    system: System, timeline: dict[str, float], start: float, users: list[str]
+) -> DrillResult:
     result = DrillResult()
     records = system.log.where(lambda r: r.operation == "whoami" and r.started >= start)
     fill_counts(result, records)
@@ -334,16 +388,26 @@ def judge_rolling_deploy(system: System, timeline: dict[str, float], start: floa
     result.wrongly_allowed = old_accepted
     reissued = {r.client for r in after if r.tags["version"] == "v2" and r.outcome == "served"}
     result.dependency_calls = sum(1 for r in system.log.records if r.operation == "login")
-    result.check("0 valid tokens rejected during the overlap", valid_rejected == 0,
-                 f"{valid_rejected} of {len(overlap)} unexpired tokens rejected before retirement")
-    result.check("old-version tokens rejected after retirement", old_accepted == 0,
-                 f"{old_accepted} v1 tokens accepted after retirement")
-    result.check("re-issuance works: every user is served with a v2 token",
-                 reissued == set(users), f"{len(reissued)} of {len(users)} users")
+    result.check(
+        "0 valid tokens rejected during the overlap",
+        valid_rejected == 0,
+        f"{valid_rejected} of {len(overlap)} unexpired tokens rejected before retirement",
+    )
+    result.check(
+        "old-version tokens rejected after retirement",
+        old_accepted == 0,
+        f"{old_accepted} v1 tokens accepted after retirement",
+    )
+    result.check(
+        "re-issuance works: every user is served with a v2 token",
+        reissued == set(users),
+        f"{len(reissued)} of {len(users)} users",
+    )
     steps = system.log.where(lambda r: r.operation == "deploy")
     applied = sum(1 for r in steps if r.status == 200)
-    result.check("every deploy step applied", applied == len(steps) > 0,
-                 f"{applied} of {len(steps)} steps")
+    result.check(
+        "every deploy step applied", applied == len(steps) > 0, f"{applied} of {len(steps)} steps"
+    )
     result.time_to_recover = timeline["done"] - timeline["rollout"]
     return result
 
@@ -413,14 +477,25 @@ async def database_loss(system: System) -> DrillResult:
     served_after = [r for r in logins if r.started >= outage_end and r.outcome == "served"]
     first = served_after[0].started - outage_end if served_after else None
     result.time_to_recover = first
-    result.check("blips are invisible", blip_failures == 0,
-                 f"{blip_failures} of {len(during_blips)} logins during blips not served")
-    result.check("the outage fails fast and explicitly",
-                 not_explicit == 0 and median <= 0.1 and slowest <= 2.5,
-                 f"{not_explicit} of {len(during_outage)} not 503+Retry-After; median "
-                 f"{median:.2f}s, slowest {slowest:.2f}s")
-    result.check("the database is not hammered while down", result.dependency_calls <= bound,
-                 f"{result.dependency_calls} database uses during the outage (bound {bound})")
-    result.check("recovers by itself", first is not None and first <= DB_OPEN_FOR + 10.0,
-                 "never" if first is None else f"first login served {first:.1f}s after")
+    result.check(
+        "blips are invisible",
+        blip_failures == 0,
+        f"{blip_failures} of {len(during_blips)} logins during blips not served",
+    )
+    result.check(
+        "the outage fails fast and explicitly",
+        not_explicit == 0 and median <= 0.1 and slowest <= 2.5,
+        f"{not_explicit} of {len(during_outage)} not 503+Retry-After; median "
+        f"{median:.2f}s, slowest {slowest:.2f}s",
+    )
+    result.check(
+        "the database is not hammered while down",
+        result.dependency_calls <= bound,
+        f"{result.dependency_calls} database uses during the outage (bound {bound})",
+    )
+    result.check(
+        "recovers by itself",
+        first is not None and first <= DB_OPEN_FOR + 10.0,
+        "never" if first is None else f"first login served {first:.1f}s after",
+    )
     return result
