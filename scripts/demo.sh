@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# Set up a virtualenv and run the demo: every call policy under injected faults.
-# Extra arguments go to the demo, e.g. `bash scripts/demo.sh --backend trio`.
+# Set up a virtualenv and run the reference system's failure drills in virtual time.
+# Extra arguments go to the drill runner, e.g. `bash scripts/demo.sh --seed 3 --backend trio`
+# (see `--help`). `bash scripts/demo.sh --primitives` runs the older demo instead: every
+# call policy under injected faults (`examples/demo.py`).
 source "$(dirname "$0")/_venv.sh"
 install_project demo "reference"
-exec "$PY" examples/demo.py "$@"
+if [ "${1:-}" = "--primitives" ]; then
+    shift
+    exec "$PY" examples/demo.py "$@"
+fi
+PYTHONPATH="examples${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m reference_system "$@"

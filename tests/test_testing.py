@@ -585,3 +585,93 @@ async def test_system_clock() -> None:
     assert clock.time() > 1_600_000_000
     assert get_clock() is get_clock()  # one shared instance by default
     assert isinstance(get_clock(), SystemClock)
+
+
+# -- autojump ---------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_autojump_wakes_concurrent_sleepers_in_deadline_order() -> None:
+    clock = VirtualClock(auto_advance=False)
+    woke: list[tuple[str, float]] = []
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await clock.asleep(seconds)
+        woke.append((name, clock.monotonic()))
+
+    async with clock.autojump(), anyio.create_task_group() as group:
+        for name, seconds in [("c", 30.0), ("a", 1.0), ("b", 7.5)]:
+            group.start_soon(sleeper, name, seconds)
+    assert woke == [("a", 1.0), ("b", 7.5), ("c", 30.0)]
+
+
+@pytest.mark.anyio
+async def test_autojump_fires_a_timeout_at_its_virtual_instant() -> None:
+    clock = VirtualClock(auto_advance=False)
+
+    async def hang() -> None:
+        await clock.asleep(3600.0)
+
+    async with clock.autojump():
+        with pytest.raises(TimeoutError):
+            await Timeout(2.0, clock=clock).acall(hang)
+    assert clock.monotonic() == 2.0
+
+
+@pytest.mark.anyio
+async def test_autojump_never_jumps_while_a_worker_thread_is_busy() -> None:
+    clock = VirtualClock(auto_advance=False)
+    seen: list[float] = []
+
+    def slow_database_call() -> float:
+        time.sleep(0.05)  # real work in a thread: virtual time must stand still meanwhile
+        return clock.monotonic()
+
+    async def query() -> None:
+        seen.append(await anyio.to_thread.run_sync(slow_database_call))
+
+    async def timer() -> None:
+        await clock.asleep(1.0)
+
+    async with clock.autojump(), anyio.create_task_group() as group:
+        group.start_soon(timer)
+        await Timeout(0.5, clock=clock).acall(query)  # would time out if time jumped
+    assert seen == [0.0]
+    assert clock.monotonic() == 1.0
+
+
+@pytest.mark.anyio
+async def test_autojump_waits_for_the_outside_world_when_no_timer_is_pending() -> None:
+    clock = VirtualClock(auto_advance=False)
+    async with clock.autojump(idle_poll=0.001):
+        await anyio.sleep(0.01)  # real time; nothing virtual is pending
+    assert clock.monotonic() == 0.0
+
+
+def test_autojump_refuses_an_auto_advancing_clock() -> None:
+    async def main() -> None:
+        async with VirtualClock().autojump():
+            pass  # pragma: no cover - refused on entry
+
+    with pytest.raises(ConfigurationError) as info:
+        anyio.run(main)
+    assert info.value.parameter == "auto_advance"
+
+
+def test_autojump_refuses_a_non_positive_idle_poll() -> None:
+    async def main() -> None:
+        async with VirtualClock(auto_advance=False).autojump(idle_poll=0):
+            pass  # pragma: no cover - refused on entry
+
+    with pytest.raises(ConfigurationError) as info:
+        anyio.run(main)
+    assert info.value.parameter == "idle_poll"
+
+
+def test_next_deadline_skips_cancelled_timers() -> None:
+    clock = VirtualClock(auto_advance=False)
+    assert clock.next_deadline() is None
+    early = clock.call_at(5.0, lambda: None)
+    clock.call_at(9.0, lambda: None)
+    early.cancel()
+    assert clock.next_deadline() == 9.0

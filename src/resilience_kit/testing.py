@@ -31,12 +31,14 @@ import itertools
 import math
 import random
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 
 from resilience_kit import _config, _telemetry
 from resilience_kit.clock import Clock
@@ -54,6 +56,10 @@ __all__ = (
 )
 
 T = TypeVar("T")
+
+# How long autojump waits, in real time, before looking again at a busy worker thread:
+# short, since a database call takes well under a millisecond.
+_THREAD_POLL = 0.0001
 
 
 class _Timer:
@@ -187,6 +193,85 @@ class VirtualClock:
             await event.wait()
         finally:
             timer.cancel()  # a cancelled sleeper leaves no timer behind
+
+    def next_deadline(self) -> float | None:
+        """The time of the earliest pending timer (a sleeper, a timeout), or ``None``."""
+        with self._lock:
+            while self._timers and self._timers[0][2].cancelled:
+                heapq.heappop(self._timers)
+            return self._timers[0][0] if self._timers else None
+
+    @asynccontextmanager
+    async def autojump(self, *, idle_poll: float = 0.005) -> AsyncIterator[VirtualClock]:
+        """Move time to the next timer whenever every other task is blocked.
+
+        Inside the block a background task waits until no task can run, then advances
+        the clock to the earliest pending deadline (a sleep, a `Timeout`, a breaker's
+        timer), which wakes whoever waits for it. Concurrent code — servers, relays,
+        consumers, a workload — then runs in virtual time, as fast as the CPU allows,
+        in the order real time would give. Trio users know this as ``autojump_threshold``.
+
+        Time never jumps while one of anyio's worker threads is busy (a database call
+        offloaded with ``anyio.to_thread``): its task only looks blocked, and jumping
+        would fire its timeouts spuriously. Threads started with a limiter of their own
+        are not seen; time may jump while they run.
+
+        Args:
+            idle_poll: real seconds to wait before looking again when a worker thread is
+                busy or no timer is pending (only something outside the event loop can
+                then make progress).
+
+        Raises:
+            ConfigurationError: the clock advances by itself (``auto_advance=True``).
+
+        Examples:
+            >>> import anyio
+            >>> from resilience_kit.testing import VirtualClock
+            >>> clock = VirtualClock(auto_advance=False)
+            >>> async def main() -> list[str]:
+            ...     order: list[str] = []
+            ...     async def worker(name: str, seconds: float) -> None:
+            ...         await clock.asleep(seconds)
+            ...         order.append(f"{name}@{clock.monotonic():g}")
+            ...     async with clock.autojump(), anyio.create_task_group() as group:
+            ...         group.start_soon(worker, "slow", 60.0)
+            ...         group.start_soon(worker, "fast", 5.0)
+            ...     return order
+            >>> anyio.run(main)
+            ['fast@5', 'slow@60']
+        """
+        if self.auto_advance:
+            raise ConfigurationError(
+                "auto_advance", "autojump needs a clock made with auto_advance=False"
+            )
+        check_positive("idle_poll", idle_poll)
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._jump_when_idle, idle_poll)
+            try:
+                yield self
+            finally:
+                group.cancel_scope.cancel()
+
+    async def _jump_when_idle(self, idle_poll: float) -> None:
+        threads = anyio.to_thread.current_default_thread_limiter()
+        while True:
+            # A few checkpoints first let chains of wake-ups run to their end; asyncio's
+            # wait_all_tasks_blocked pays a real 0.1 s pause whenever it sees a runnable task.
+            for _ in range(4):
+                await anyio.lowlevel.checkpoint()
+            # Threads first: a task whose thread has just finished is runnable, and asking
+            # wait_all_tasks_blocked then would cost its real 0.1 s pause on asyncio.
+            if threads.borrowed_tokens:
+                await anyio.sleep(_THREAD_POLL)  # real time: let the worker thread finish
+                continue
+            await anyio.wait_all_tasks_blocked()
+            deadline = self.next_deadline()
+            if threads.borrowed_tokens:
+                continue
+            if deadline is None:
+                await anyio.sleep(idle_poll)  # real time: only the outside world can act
+                continue
+            self.advance(max(0.0, deadline - self._now))
 
 
 class Switch:

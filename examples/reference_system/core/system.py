@@ -1,0 +1,169 @@
+"""The System: everything one drill runs on, in one process, in virtual time.
+
+One `VirtualClock` (``auto_advance=False``, driven by `VirtualClock.autojump`), one
+`MemoryBus`, one SQLite file per service in a temporary directory, the in-process
+`Network`, the `RequestLog` and `SideEffectSink`, and every service's relay and
+consumers running in one task group while the drill runs.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+
+from resilience_kit.messaging import OutboxRelay
+from resilience_kit.stores.sqlite import SQLiteStore
+from resilience_kit.testing import VirtualClock
+from resilience_kit.transports import MemoryBus
+
+from .mitigations import Mitigations
+from .network import Network
+from .records import RequestLog, SideEffectSink, Workload
+from .service import Service, ServiceContext
+
+S = TypeVar("S", bound=Service)
+
+
+class System:
+    """The services of one drill run, their infrastructure and the independent record."""
+
+    def __init__(
+        self, *, seed: int = 0, mitigations: Mitigations | None = None, workdir: Path | None = None
+    ) -> None:
+        self.seed = seed
+        self.rand = random.Random(seed)
+        self.mitigations = mitigations or Mitigations()
+        self.clock = VirtualClock(auto_advance=False)
+        self.bus = MemoryBus()
+        self.network = Network(self.clock)
+        self.log = RequestLog()
+        self.sink = SideEffectSink(self.clock)
+        self.observations: list[tuple[float, str]] = []
+        self._workdir = workdir
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        self.stores: dict[str, SQLiteStore] = {}
+        self.relays: dict[str, OutboxRelay] = {}
+        self.services: dict[str, list[Service]] = {}
+
+    @property
+    def workdir(self) -> Path:
+        if self._workdir is None:
+            self._tempdir = tempfile.TemporaryDirectory(prefix="reference-system-")
+            self._workdir = Path(self._tempdir.name)
+        return self._workdir
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """Base URL per service name; in-process, the host is the service's name."""
+        return {name: f"http://{name}" for name in self.services}
+
+    def now(self) -> float:
+        return self.clock.monotonic()
+
+    def observe(self, what: str) -> None:
+        """Record a mitigation seen acting (a breaker opening, a fallback serving...)."""
+        self.observations.append((self.clock.monotonic(), what))
+
+    def seen(self, since: float = 0.0) -> list[str]:
+        """What was observed since ``since``, each once, in order of first sight."""
+        return list(dict.fromkeys(what for at, what in self.observations if at >= since))
+
+    def store(self, service: str) -> SQLiteStore:
+        """The service's own database (one SQLite file, shared by its replicas)."""
+        if service not in self.stores:
+            store = SQLiteStore(self.workdir / f"{service}.db")
+            store.migrate()
+            self.stores[service] = store
+            # Idle relays wake on commits through this store object; the poll is a backstop.
+            self.relays[service] = OutboxRelay(
+                store.outbox,
+                self.bus,
+                name=f"{service}.relay",
+                poll_interval=30.0,
+                clock=self.clock,
+            )
+        return self.stores[service]
+
+    def add(
+        self, service: str, factory: Callable[[ServiceContext], S], replicas: int = 1
+    ) -> list[S]:
+        """Create ``replicas`` replicas of ``service`` and put them on the network."""
+        created: list[S] = []
+        self.services.setdefault(service, [])
+        for number in range(replicas):
+            host = f"{service}-{len(self.services[service])}"
+            ctx = ServiceContext(
+                service=service,
+                host=host,
+                clock=self.clock,
+                mitigations=self.mitigations,
+                store=self.store(service),
+                bus=self.bus,
+                http=self.network.client(host),
+                urls=_LazyUrls(self),
+                sink=self.sink,
+                observe=self.observe,
+                rand=random.Random(f"{self.seed}:{host}:{number}"),
+            )
+            replica = factory(ctx)
+            assert self.network.add(service, replica.app) == host
+            self.services[service].append(replica)
+            created.append(replica)
+        return created
+
+    def workload(self, *, deadline: float = 30.0) -> Workload:
+        """A client that logs every request in `log`; ``deadline``: its patience."""
+        return Workload(self.network.client("workload"), self.log, self.clock, deadline)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.clock.asleep(seconds)
+
+    async def sleep_until(self, instant: float) -> None:
+        await self.clock.asleep(max(0.0, instant - self.clock.monotonic()))
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[System]:
+        """Run relays and consumers, with time jumping whenever all tasks are blocked."""
+        async with AsyncExitStack() as stack:
+            stack.callback(self._close_stores)
+            stack.push_async_callback(self.network.aclose)
+            group = await stack.enter_async_context(anyio.create_task_group())
+            await stack.enter_async_context(self.clock.autojump())
+            for relay in self.relays.values():
+                await group.start(relay.run)
+            for replicas in self.services.values():
+                for replica in replicas:
+                    await group.start(replica.run)
+            try:
+                yield self
+            finally:
+                group.cancel_scope.cancel()
+
+    def _close_stores(self) -> None:
+        for replicas in self.services.values():
+            for replica in replicas:
+                replica.close()
+        for store in self.stores.values():
+            store.close()
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+
+
+class _LazyUrls(dict[str, str]):
+    """Base URLs resolved when used, so services added later are reachable too."""
+
+    def __init__(self, system: System) -> None:
+        super().__init__()
+        self._system = system
+
+    def __getitem__(self, service: str) -> str:
+        return f"http://{service}"
+
+    def get(self, service: str, default: str | None = None) -> str:  # type: ignore[override]
+        return f"http://{service}"

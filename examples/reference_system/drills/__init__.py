@@ -1,0 +1,7 @@
+"""The failure drills, one module per service; importing this package registers them.
+
+To add a drill module, create ``drills/<service>.py`` with functions decorated by
+`reference_system.core.drill.drill`, and import it here.
+"""
+
+from . import identity as identity

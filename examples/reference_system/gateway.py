@@ -1,0 +1,228 @@
+"""The API gateway: authenticates every request, then routes it with a deadline.
+
+Authentication is a `VersionedTokenVerifier` holding every signing-key version still
+in play (a rolling deploy has two), and Identity's ``/introspect`` as its remote
+validator, so logged-out sessions are refused everywhere:
+
+- verified tokens are cached for 5 minutes (``cache_ttl=300``): an Identity outage is
+  invisible to sessions seen recently;
+- the validator sits behind the verifier's `Timeout` (2 s) and `CircuitBreaker`: once
+  it opens, a token that needs the validator is refused in microseconds instead of
+  each request waiting its timeout, and Identity is not hammered while it recovers;
+- FAIL CLOSED: a token not in the cache while the validator is unavailable is refused
+  (503 with Retry-After), never let through on its signature alone;
+- ``identity.session_revoked`` events (a `ResilientConsumer` with an `Inbox`, one
+  group per replica so every replica hears every event) revoke cached sessions at once.
+
+Calls to Identity for sign-up and login go through
+``Pipeline(Timeout(5 s), RetryPolicy(2 attempts, connection refused only), CircuitBreaker)``:
+a refused connection never reached Identity, so retrying it cannot log in twice; the
+breaker stops a dead Identity from costing each login a connection attempt.
+"""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from resilience_kit import (
+    Backoff,
+    CircuitBreaker,
+    CircuitOpenError,
+    Pipeline,
+    RetryPolicy,
+    Timeout,
+)
+from resilience_kit.messaging import Event, Inbox, ResilientConsumer
+from resilience_kit.security import (
+    Keyring,
+    KeyState,
+    TokenRejectedError,
+    ValidatorUnavailableError,
+    VerifiedToken,
+    VersionedTokenVerifier,
+)
+
+from .core.service import Service, ServiceContext
+from .identity import TOPIC as IDENTITY_TOPIC
+from .keys import KeyVault, apply_key_step
+
+
+class Gateway(Service):
+    """One replica of the API gateway."""
+
+    def __init__(self, ctx: ServiceContext, *, vault: KeyVault) -> None:
+        super().__init__(ctx)
+        self.vault = vault
+        clock, mitigations = ctx.clock, ctx.mitigations
+        self.keyring = Keyring(clock=clock)
+        for version in vault.versions[:1]:
+            self.keyring.add(version, vault.secret(version), state=KeyState.ACTIVE)
+        self.validator_breaker = self.watch(
+            CircuitBreaker(
+                "gateway.validator",
+                window=10,
+                minimum_calls=5,
+                failure_rate_threshold=0.5,
+                open_for=30.0,
+                half_open_calls=2,
+                clock=clock,
+            )
+        )
+        if not mitigations.on("breaker"):
+            self.validator_breaker.disable()
+        self.verifier = VersionedTokenVerifier(
+            self.keyring,
+            issuer="identity",
+            cache_ttl=300.0 if mitigations.on("cache") else 0.0,
+            validator=self._introspect,
+            validator_timeout=2.0,
+            validator_breaker=self.validator_breaker,
+            clock=clock,
+            name=f"{ctx.host}.tokens",
+        )
+        # Only for the fail-open variant (mitigation "fail-closed" off): signatures alone.
+        self._signature_only = VersionedTokenVerifier(
+            self.keyring, issuer="identity", cache_ttl=0.0, clock=clock
+        )
+        self.fail_closed = mitigations.on("fail-closed")
+        self.identity_breaker = self.watch(
+            CircuitBreaker(
+                "gateway.identity", window=20, minimum_calls=10, open_for=15.0, clock=clock
+            )
+        )
+        if not mitigations.on("breaker"):
+            self.identity_breaker.disable()
+        self.identity_calls = Pipeline(
+            Timeout(5.0, clock=clock, name="gateway.identity.deadline"),
+            RetryPolicy(
+                attempts=2 if mitigations.on("retries") else 1,
+                on=httpx.ConnectError,
+                backoff=Backoff.constant(0.1),
+                clock=clock,
+                rand=ctx.rand.random,
+                name="gateway.identity.retry",
+            ),
+            self.identity_breaker,
+        )
+        self.consumers.append(
+            ResilientConsumer(
+                ctx.bus.subscribe(IDENTITY_TOPIC, group=f"revocations.{ctx.host}"),
+                self._on_identity_event,
+                name=f"revocations.{ctx.host}",
+                dead_letters=ctx.store.dead_letters,
+                inbox=Inbox(ctx.store.inbox, consumer=f"revocations.{ctx.host}"),
+                retry=RetryPolicy(attempts=3, backoff=Backoff.constant(1.0), clock=clock),
+                clock=clock,
+            )
+        )
+
+    # -- authentication -------------------------------------------------------------------
+
+    async def _introspect(self, token: str) -> object:
+        response = await self.ctx.http.post(
+            f"{self.ctx.urls['identity']}/introspect", json={"token": token}
+        )
+        if response.status_code != 200:
+            raise ConnectionError(f"identity answered {response.status_code}")
+        return response.json()
+
+    async def authenticate(self, request: Request) -> VerifiedToken | Response:
+        """The verified token of ``request``, or the response refusing it."""
+        header = request.headers.get("authorization", "")
+        token = header.removeprefix("Bearer ") if header.startswith("Bearer ") else ""
+        try:
+            return await self.verifier.verify(token)
+        except ValidatorUnavailableError as exc:
+            if not self.fail_closed:
+                try:  # fail open: what the analysis warns against
+                    return self._signature_only.verify_sync(token)
+                except TokenRejectedError:
+                    pass
+            self.ctx.observe("fail closed")
+            metrics = self.validator_breaker.metrics()
+            wait = metrics.open_until - self.ctx.clock.monotonic() if metrics.open_until else 5.0
+            return JSONResponse(
+                {"error": "unauthenticated", "reason": exc.reason},
+                status_code=503,
+                headers={"retry-after": str(max(1, math.ceil(wait)))},
+            )
+        except TokenRejectedError as exc:
+            return JSONResponse({"error": "unauthenticated", "reason": exc.reason}, status_code=401)
+
+    async def _on_identity_event(self, event: Event) -> None:
+        if event.type == "identity.session_revoked":
+            self.verifier.revoke(str(event.payload["jti"]))
+            self.ctx.observe("revocation event applied")
+
+    # -- routes ---------------------------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/api/whoami", self.whoami, methods=["GET"]),
+            Route("/api/signup", self.to_identity("/signup"), methods=["POST"]),
+            Route("/api/login", self.to_identity("/login"), methods=["POST"]),
+            Route("/api/logout", self.to_identity("/logout"), methods=["POST"]),
+            Route("/admin/keys", self.rotate, methods=["POST"]),
+        ]
+
+    async def rotate(self, request: Request) -> Response:
+        """One step of a key rotation on this replica (it only verifies)."""
+        body = await request.json()
+        try:
+            apply_key_step(self.keyring, self.vault, str(body["action"]), str(body["version"]))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        return JSONResponse({"host": self.ctx.host, **body})
+
+    async def whoami(self, request: Request) -> Response:
+        verified = await self.authenticate(request)
+        if isinstance(verified, Response):
+            return verified
+        return JSONResponse(
+            {
+                "sub": verified.subject,
+                "key_version": verified.key_version,
+                "from_cache": verified.from_cache,
+                "host": self.ctx.host,
+            }
+        )
+
+    def to_identity(self, path: str):  # type: ignore[no-untyped-def]
+        """A route handler forwarding the request to Identity's ``path``."""
+
+        async def forward(request: Request) -> Response:
+            body = await request.body()
+            headers = {k: v for k, v in request.headers.items() if k == "authorization"}
+            try:
+                response = await self.identity_calls.acall(
+                    lambda: self.ctx.http.post(
+                        f"{self.ctx.urls['identity']}{path}",
+                        content=body,
+                        headers={**headers, "content-type": "application/json"},
+                    )
+                )
+            except CircuitOpenError as exc:
+                wait = max(1, math.ceil(exc.retry_after or 1))
+                return JSONResponse(
+                    {"error": "identity_unavailable"},
+                    status_code=503,
+                    headers={"retry-after": str(wait)},
+                )
+            except (httpx.HTTPError, TimeoutError) as exc:
+                return JSONResponse(
+                    {"error": "identity_unavailable", "detail": type(exc).__name__}, status_code=502
+                )
+            passed = {k: v for k, v in response.headers.items() if k in ("retry-after",)}
+            return Response(
+                response.content,
+                status_code=response.status_code,
+                headers=passed,
+                media_type="application/json",
+            )
+
+        return forward
