@@ -162,7 +162,8 @@ class Identity(Service):
                 half_open_calls=2,
                 record_on=(sqlite3.Error, TimeoutError),
                 clock=ctx.clock,
-            )
+            ),
+            critical=True,  # no database, no logins: Identity is not ready
         )
         if not mitigations.on("breaker"):
             self.db_breaker.disable()
@@ -186,9 +187,6 @@ class Identity(Service):
             await self.pool.run(lambda connection: connection.executescript(SCHEMA))
             self._schema_ready = True
         return await self.db_policy.acall(lambda: self.pool.run(work))
-
-    def readiness(self) -> dict[str, bool]:
-        return {"database": self.db_breaker.state.value in ("closed", "disabled")}
 
     def routes(self) -> list[BaseRoute]:
         return [

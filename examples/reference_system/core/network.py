@@ -61,6 +61,10 @@ class Fault:
         return path.startswith(self.path)
 
 
+MONITOR = "monitor"
+"""The source name of the operator's health monitor (`System.monitor`)."""
+
+
 def _service_of(host: str) -> str:
     name, _, number = host.rpartition("-")
     return name if name and number.isdigit() else host
@@ -132,11 +136,17 @@ class Network:
             fault.cleared.set()
 
     def calls_to(self, service: str, since: float = 0.0, until: float = float("inf")) -> int:
-        """How many requests reached ``service`` (or host) between the two instants."""
+        """How many requests reached ``service`` (or host) between the two instants.
+
+        The operator's health monitor (source ``monitor``) is not traffic a mitigation
+        is meant to hold back, so it is not counted.
+        """
         return sum(
             1
             for call in self.calls
-            if service in (call.service, call.host) and since <= call.at < until
+            if service in (call.service, call.host)
+            and since <= call.at < until
+            and call.source != MONITOR
         )
 
     # -- routing --------------------------------------------------------------------------

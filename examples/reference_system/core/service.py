@@ -20,10 +20,19 @@ import httpx
 from opentelemetry import metrics
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from resilience_kit import CircuitBreaker, StateTransition
+from resilience_kit.health import (
+    HealthCheck,
+    HealthChecks,
+    HealthEndpoint,
+    HealthStatus,
+    breaker_check,
+    outbox_check,
+    store_check,
+)
 from resilience_kit.messaging import ResilientConsumer
 from resilience_kit.stores.sqlite import SQLiteStore
 from resilience_kit.testing import VirtualClock
@@ -60,6 +69,17 @@ class Service:
         self._requests = self.meter.create_counter(
             "reference.http.requests", description="requests served, by route and status"
         )
+        # What /health/ready reports (resilience_kit.health): the database answers, the
+        # outbox drains; `watch` adds every breaker. A monitor polls it (System.monitor).
+        self.checks: list[HealthCheck] = [
+            store_check(ctx.store, name="database", timeout=2.0),
+            outbox_check(
+                ctx.store.outbox,
+                backlog_degraded_above=500,
+                age_degraded_above=60.0,
+                age_unhealthy_above=600.0,
+            ),
+        ]
 
     # -- what subclasses provide ----------------------------------------------------------
 
@@ -67,22 +87,31 @@ class Service:
         """The service's own routes (health routes are added by the base)."""
         return []
 
-    def readiness(self) -> dict[str, bool]:
-        """Named readiness checks: the replica is ready when all are true."""
-        return {}
+    def readiness(self) -> list[HealthCheck]:
+        """Checks of the service's own, beside the database, outbox and breaker checks."""
+        return []
 
     def close(self) -> None:
         """Release what the replica holds (connections); called when the system stops."""
 
     # -- helpers for subclasses -----------------------------------------------------------
 
-    def watch(self, breaker: CircuitBreaker) -> CircuitBreaker:
-        """Report ``breaker``'s openings and closings as mitigations seen acting."""
+    def watch(self, breaker: CircuitBreaker, *, critical: bool = False) -> CircuitBreaker:
+        """Report ``breaker``'s openings and closings as mitigations seen acting, and
+        its state in /health/ready: open means DEGRADED (the service answers, degraded or
+        failing fast), or UNHEALTHY when ``critical`` (it cannot do its job at all)."""
 
         def listener(change: StateTransition) -> None:
             self.ctx.observe(f"breaker {change.breaker} {change.to_state.value}")
 
         breaker.add_listener(listener)
+        self.checks.append(
+            breaker_check(
+                breaker,
+                open_status=HealthStatus.UNHEALTHY if critical else HealthStatus.DEGRADED,
+                critical=critical,
+            )
+        )
         return breaker
 
     async def db(self, work: Callable[[], Any]) -> Any:
@@ -93,26 +122,12 @@ class Service:
 
     @cached_property
     def app(self) -> Any:
-        """The ASGI application of this replica."""
-        health = [
-            Route("/health/live", self._live, methods=["GET"]),
-            Route("/health/ready", self._ready, methods=["GET"]),
-        ]
-        starlette = Starlette(routes=[*health, *self.routes()])
-        return _Metered(starlette, self._requests, self.ctx.host)
-
-    # PLACEHOLDER until `resilience_kit.health` lands: two minimal routes with the same
-    # paths; swap them for the library's ASGI health endpoint and named probes.
-    async def _live(self, request: Request) -> Response:
-        return JSONResponse({"status": "live", "host": self.ctx.host})
-
-    async def _ready(self, request: Request) -> Response:
-        checks = self.readiness()
-        ready = all(checks.values())
-        return JSONResponse(
-            {"status": "ready" if ready else "not_ready", "checks": checks},
-            status_code=200 if ready else 503,
+        """The ASGI application of this replica, /health/live and /health/ready included."""
+        health = HealthChecks(
+            [*self.checks, *self.readiness()], name=self.ctx.host, clock=self.ctx.clock
         )
+        endpoint = HealthEndpoint(health, Starlette(routes=self.routes()))
+        return _Metered(endpoint, self._requests, self.ctx.host)
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Run this replica's consumers until cancelled."""

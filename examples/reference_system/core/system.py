@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import anyio
+import anyio.abc
 
 from resilience_kit.messaging import OutboxRelay
 from resilience_kit.stores.sqlite import SQLiteStore
@@ -23,7 +24,7 @@ from resilience_kit.testing import VirtualClock
 from resilience_kit.transports import MemoryBus
 
 from .mitigations import Mitigations
-from .network import Network
+from .network import MONITOR, Network
 from .records import RequestLog, SideEffectSink, Workload
 from .service import Service, ServiceContext
 
@@ -45,6 +46,8 @@ class System:
         self.log = RequestLog()
         self.sink = SideEffectSink(self.clock)
         self.observations: list[tuple[float, str]] = []
+        # What the operator's monitor saw: (time, host, status) at every change.
+        self.health: list[tuple[float, str, str]] = []
         self._workdir = workdir
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self.stores: dict[str, SQLiteStore] = {}
@@ -127,6 +130,39 @@ class System:
     async def sleep_until(self, instant: float) -> None:
         await self.clock.asleep(max(0.0, instant - self.clock.monotonic()))
 
+    def health_of(self, host: str, at: float | None = None) -> str:
+        """The status the monitor last saw for ``host`` by ``at`` (now by default)."""
+        at = self.clock.monotonic() if at is None else at
+        seen = [status for when, name, status in self.health if name == host and when <= at]
+        return seen[-1] if seen else "unknown"
+
+    async def monitor(
+        self,
+        *,
+        interval: float = 15.0,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Poll every replica's /health/ready as an operator's monitor would; record each
+        change of status in `health` and as an observation ("identity-0 unhealthy")."""
+        client = self.network.client(MONITOR)
+        last: dict[str, str] = {}
+        task_status.started()
+        while True:
+            for replicas in list(self.services.values()):
+                for replica in replicas:
+                    host = replica.ctx.host
+                    try:
+                        response = await client.get(f"http://{host}/health/ready")
+                        status = str(response.json().get("status", "unknown"))
+                    except Exception:  # unreachable: the monitor says so, it never crashes
+                        status = "unreachable"
+                    if last.get(host) != status:
+                        last[host] = status
+                        self.health.append((self.clock.monotonic(), host, status))
+                        if status != "healthy":
+                            self.observe(f"monitor: {host} {status}")
+            await self.clock.asleep(interval)
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[System]:
         """Run relays and consumers, with time jumping whenever all tasks are blocked."""
@@ -140,6 +176,7 @@ class System:
             for replicas in self.services.values():
                 for replica in replicas:
                     await group.start(replica.run)
+            await group.start(self.monitor)
             try:
                 yield self
             finally:
