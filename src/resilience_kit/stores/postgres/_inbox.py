@@ -7,12 +7,12 @@ from uuid import UUID
 
 import anyio.to_thread
 
-from resilience_kit.stores._postgres_db import seconds
+from resilience_kit.stores.postgres._db import seconds
 
 if TYPE_CHECKING:
     import psycopg
 
-    from resilience_kit.stores._postgres_db import Database
+    from resilience_kit.stores.postgres._db import Database
 
 __all__ = ("PostgresInbox",)
 

@@ -21,7 +21,7 @@ from resilience_kit.errors import (
     ConfigurationError,
 )
 from resilience_kit.policies._base import check_positive
-from resilience_kit.stores._redis_client import redis_client
+from resilience_kit.stores.redis._client import redis_client
 
 if TYPE_CHECKING:
     import redis as redis_lib

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
-    from resilience_kit.stores._postgres_db import Database
+    from resilience_kit.stores.postgres._db import Database
 
 __all__ = ("COLUMNS", "PostgresDeadLetters", "letter_row")
 

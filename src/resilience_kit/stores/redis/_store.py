@@ -9,10 +9,10 @@ import anyio.to_thread
 
 from resilience_kit.errors import ConfigurationError, StoreError, StoreUnavailableError
 from resilience_kit.policies._base import check_positive
-from resilience_kit.stores._redis_client import redis_client
-from resilience_kit.stores._redis_dead_letters import RedisDeadLetterStore
-from resilience_kit.stores._redis_idempotency import RedisIdempotencyStore
-from resilience_kit.stores._redis_inbox import RedisInboxStore
+from resilience_kit.stores.redis._client import redis_client
+from resilience_kit.stores.redis._dead_letters import RedisDeadLetterStore
+from resilience_kit.stores.redis._idempotency import RedisIdempotencyStore
+from resilience_kit.stores.redis._inbox import RedisInboxStore
 
 if TYPE_CHECKING:
     import redis as redis_lib

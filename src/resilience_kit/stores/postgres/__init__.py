@@ -12,13 +12,13 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from resilience_kit.stores._postgres_db import Database
-from resilience_kit.stores._postgres_dead_letters import PostgresDeadLetters
-from resilience_kit.stores._postgres_idempotency import PostgresIdempotency
-from resilience_kit.stores._postgres_inbox import PostgresInbox
-from resilience_kit.stores._postgres_notify import Listener, channel_for
-from resilience_kit.stores._postgres_outbox import PostgresOutbox
-from resilience_kit.stores._postgres_schema import migrate
+from resilience_kit.stores.postgres._db import Database
+from resilience_kit.stores.postgres._dead_letters import PostgresDeadLetters
+from resilience_kit.stores.postgres._idempotency import PostgresIdempotency
+from resilience_kit.stores.postgres._inbox import PostgresInbox
+from resilience_kit.stores.postgres._notify import Listener, channel_for
+from resilience_kit.stores.postgres._outbox import PostgresOutbox
+from resilience_kit.stores.postgres._schema import migrate
 
 if TYPE_CHECKING:
     import psycopg_pool

@@ -63,14 +63,14 @@ from resilience_kit.messaging._records import (
     OutboxMessage,
     OutboxStatus,
 )
-from resilience_kit.stores._postgres_db import seconds
-from resilience_kit.stores._postgres_dead_letters import COLUMNS, letter_row
+from resilience_kit.stores.postgres._db import seconds
+from resilience_kit.stores.postgres._dead_letters import COLUMNS, letter_row
 
 if TYPE_CHECKING:
     import psycopg
 
-    from resilience_kit.stores._postgres_db import Database
-    from resilience_kit.stores._postgres_notify import Listener
+    from resilience_kit.stores.postgres._db import Database
+    from resilience_kit.stores.postgres._notify import Listener
 
 __all__ = ("PostgresOutbox",)
 

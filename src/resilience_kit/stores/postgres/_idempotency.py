@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from resilience_kit.errors import CorruptRecordError, StoreError
 from resilience_kit.messaging._records import IdempotencyRecord
-from resilience_kit.stores._postgres_db import seconds
+from resilience_kit.stores.postgres._db import seconds
 
 if TYPE_CHECKING:
     import psycopg
 
-    from resilience_kit.stores._postgres_db import Database
+    from resilience_kit.stores.postgres._db import Database
 
 __all__ = ("PostgresIdempotency",)
 

@@ -20,9 +20,9 @@ from resilience_kit.clock import SYSTEM_CLOCK, Clock
 from resilience_kit.errors import ConfigurationError
 from resilience_kit.policies._base import check_positive
 from resilience_kit.policies._breaker_store import BreakerRecord, CircuitState, Subscribers
-from resilience_kit.stores._redis_cache import RedisCacheStore as RedisCacheStore
-from resilience_kit.stores._redis_client import redis_client
-from resilience_kit.stores._redis_store import RedisStore as RedisStore
+from resilience_kit.stores.redis._cache import RedisCacheStore as RedisCacheStore
+from resilience_kit.stores.redis._client import redis_client
+from resilience_kit.stores.redis._store import RedisStore as RedisStore
 
 if TYPE_CHECKING:
     import redis as redis_lib
