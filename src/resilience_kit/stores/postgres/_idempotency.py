@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from resilience_kit.stores.postgres._db import Database
 
-__all__ = ("PostgresIdempotency",)
+__all__ = ("PostgresIdempotencyStore",)
 
 _STATUSES = ("in_progress", "completed")
 _RECORD = (
@@ -58,7 +58,7 @@ def _record(row: Sequence[Any], store: str) -> IdempotencyRecord:
     )
 
 
-class PostgresIdempotency:
+class PostgresIdempotencyStore:
     """An `IdempotencyStore` in PostgreSQL (``store.idempotency`` of a `PostgresStore`)."""
 
     def __init__(self, db: Database) -> None:

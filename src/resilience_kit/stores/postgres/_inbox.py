@@ -14,10 +14,10 @@ if TYPE_CHECKING:
 
     from resilience_kit.stores.postgres._db import Database
 
-__all__ = ("PostgresInbox",)
+__all__ = ("PostgresInboxStore",)
 
 
-class PostgresInbox:
+class PostgresInboxStore:
     """An `InboxStore` in PostgreSQL (``store.inbox`` of a `PostgresStore`).
 
     `mark` inserts with the caller's connection, inside its transaction, so the

@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from resilience_kit.stores.postgres._db import Database
     from resilience_kit.stores.postgres._notify import Listener
 
-__all__ = ("PostgresOutbox",)
+__all__ = ("PostgresOutboxStore",)
 
 _WALK = 2_000
 """Keys a claim looks at, at most (and at least ``4 * limit``)."""
@@ -216,7 +216,7 @@ def _read_error(value: bytes | None) -> str | None:
         return bytes(value).decode("utf-8", "replace")
 
 
-class PostgresOutbox:
+class PostgresOutboxStore:
     """An `OutboxStore` in PostgreSQL (``store.outbox`` of a `PostgresStore`).
 
     `add` writes with the caller's psycopg connection, inside its transaction; the

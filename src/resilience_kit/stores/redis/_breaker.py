@@ -1,0 +1,296 @@
+"""RedisBreakerStore: circuit-breaker state shared by every instance of a service."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from resilience_kit import _telemetry
+from resilience_kit.clock import SYSTEM_CLOCK, Clock
+from resilience_kit.errors import ConfigurationError
+from resilience_kit.policies._base import check_positive
+from resilience_kit.policies._breaker_store import BreakerRecord, CircuitState, Subscribers
+from resilience_kit.stores.redis._client import redis_client
+
+if TYPE_CHECKING:
+    import redis as redis_lib
+
+__all__ = ("RedisBreakerStore",)
+
+# Compare-and-set: a write wins unless Redis already holds a newer version. Accepting
+# "stored <= expected" (not only "==") lets an instance that kept going on its own during
+# a Redis outage, or after Redis lost its data, write its state back on reconnect.
+_CAS = """
+local current = redis.call('GET', KEYS[1])
+if current then
+    local stored = cjson.decode(current)['version']
+    if stored > tonumber(ARGV[1]) then
+        return current
+    end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+return ARGV[2]
+"""
+
+_STOP = object()
+
+
+class RedisBreakerStore:
+    """A `BreakerStore` in Redis: breakers with one name, in any process, act as one.
+
+    Every breaker keeps deciding from a local mirror, so a call never waits on Redis.
+    Transitions are written with an atomic compare-and-set (a Lua script) and published;
+    every store subscribes, and re-reads its records every ``sync_interval`` seconds in
+    case a message was missed. When a transition loses a race the winner's state is
+    adopted. When Redis is unreachable the breakers carry on as local breakers (a
+    warning is logged once per outage) and their latest state is written back when it
+    returns.
+
+    Listeners of breakers using this store may be called from the store's background
+    thread when the change came from another instance.
+
+    Args:
+        client: a `redis.Redis` client (sync); or give ``url``.
+        url: a Redis URL such as ``redis://localhost:6379/0``.
+        prefix: the key and channel prefix.
+        sync_interval: seconds between full re-reads of the known breakers.
+        clock: the clock of the breakers using this store (records hold its monotonic
+            times; Redis holds wall times).
+
+    Raises:
+        ConfigurationError: for a bad parameter.
+
+    Examples:
+        ```python
+        store = RedisBreakerStore(url="redis://localhost:6379/0")
+        breaker = CircuitBreaker("billing", store=store)  # shared by every instance
+        ```
+    """
+
+    def __init__(
+        self,
+        client: redis_lib.Redis | None = None,
+        *,
+        url: str | None = None,
+        prefix: str = "resilience:breaker:",
+        sync_interval: float = 1.0,
+        clock: Clock | None = None,
+    ) -> None:
+        _, client = redis_client("RedisBreakerStore", client, url)
+        if not prefix:
+            raise ConfigurationError("prefix", "must not be empty")
+        check_positive("sync_interval", sync_interval)
+        self._client: redis_lib.Redis = client
+        self._prefix = prefix
+        self._sync_interval = float(sync_interval)
+        self._clock = clock or SYSTEM_CLOCK
+        self._records: dict[str, BreakerRecord] = {}
+        self._subscribers = Subscribers()
+        self._lock = threading.Lock()
+        self._writes: queue.Queue[object] = queue.Queue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._healthy = True
+        self._closed = threading.Event()
+        self._cas = client.register_script(_CAS)
+        self._writer = threading.Thread(target=self._write_loop, name="breaker-store", daemon=True)
+        self._listener = threading.Thread(
+            target=self._listen_loop, name="breaker-store-listen", daemon=True
+        )
+        self._writer.start()
+        self._listener.start()
+
+    # -- the BreakerStore protocol (never blocks on Redis) -------------------------------
+
+    def load(self, name: str) -> BreakerRecord | None:
+        """Return the mirrored record, reading Redis once for a name not seen yet."""
+        record = self._records.get(name)
+        if record is not None:
+            return record
+        try:
+            raw = self._client.get(self._key(name))
+        except Exception as exc:  # noqa: BLE001  (unreachable Redis: decide locally)
+            self._unhealthy(exc)
+            return None
+        if raw is None:
+            return None
+        record = self._decode(raw)
+        with self._lock:
+            self._records.setdefault(name, record)
+            return self._records[name]
+
+    def compare_and_set(
+        self, name: str, expected_version: int, record: BreakerRecord
+    ) -> BreakerRecord:
+        """Apply ``record`` to the mirror if it is current, and queue the write to Redis."""
+        with self._lock:
+            current = self._records.get(name)
+            if current is not None and current.version != expected_version:
+                return current
+            self._records[name] = record
+            self._idle.clear()
+            self._writes.put((name, expected_version, record))
+        self._subscribers.notify(name, record)
+        return record
+
+    def subscribe(self, name: str, callback: Callable[[BreakerRecord], None]) -> Callable[[], None]:
+        """Call ``callback`` with every new record for ``name``; returns an unsubscriber."""
+        return self._subscribers.add(name, callback)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """``False`` while Redis is unreachable (breakers then decide locally)."""
+        return self._healthy
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until queued writes reached Redis (or failed); ``True`` if none are left."""
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        """Stop the background threads (queued writes are attempted first)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._writes.put(_STOP)
+        self._writer.join(timeout=5.0)
+        self._listener.join(timeout=5.0)
+
+    def __enter__(self) -> RedisBreakerStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- records <-> Redis ----------------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        return f"{self._prefix}{name}"
+
+    def _encode(self, record: BreakerRecord) -> str:
+        offset = self._clock.time() - self._clock.monotonic()
+        return json.dumps(
+            {
+                "state": record.state.value,
+                "version": record.version,
+                "changed_at": record.changed_at + offset,
+                "open_until": None if record.open_until is None else record.open_until + offset,
+                "consecutive_opens": record.consecutive_opens,
+            }
+        )
+
+    def _decode(self, raw: bytes | str) -> BreakerRecord:
+        data = json.loads(raw)
+        offset = self._clock.monotonic() - self._clock.time()
+        open_until = data.get("open_until")
+        return BreakerRecord(
+            state=CircuitState(data["state"]),
+            version=int(data["version"]),
+            changed_at=float(data["changed_at"]) + offset,
+            open_until=None if open_until is None else float(open_until) + offset,
+            consecutive_opens=int(data.get("consecutive_opens", 0)),
+        )
+
+    def _accept(self, name: str, record: BreakerRecord) -> None:
+        """Make an authoritative record from Redis current here, and tell the breakers."""
+        with self._lock:
+            current = self._records.get(name)
+            if current is not None and (current.version > record.version or current == record):
+                return
+            self._records[name] = record
+        self._subscribers.notify(name, record)
+
+    def _unhealthy(self, exc: BaseException) -> None:
+        if self._healthy:
+            self._healthy = False
+            _telemetry.logger.warning(
+                "breaker store: Redis unreachable (%s); breakers continue locally", exc
+            )
+
+    def _recovered(self) -> None:
+        if not self._healthy:
+            self._healthy = True
+            _telemetry.logger.warning("breaker store: Redis reachable again")
+
+    # -- background threads ---------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        pending: dict[str, tuple[int, BreakerRecord]] = {}
+        while True:
+            try:
+                item = self._writes.get(timeout=self._sync_interval)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self._push(pending)
+                return
+            if item is not None:
+                name, expected, record = cast("tuple[str, int, BreakerRecord]", item)
+                earlier = pending.get(name)
+                # Coalesce: keep the oldest expected version with the newest record.
+                pending[name] = (earlier[0] if earlier else expected, record)
+                if not self._writes.empty():
+                    continue
+            self._push(pending)
+            if not pending:
+                self._resync()
+            with self._lock:
+                if not pending and self._writes.empty():
+                    self._idle.set()
+
+    def _push(self, pending: dict[str, tuple[int, BreakerRecord]]) -> None:
+        for name in list(pending):
+            expected, record = pending[name]
+            try:
+                raw = self._cas(
+                    keys=[self._key(name)],
+                    args=[expected, self._encode(record), self._key(name)],
+                )
+            except Exception as exc:  # noqa: BLE001  (keep it queued; retry next round)
+                self._unhealthy(exc)
+                return
+            self._recovered()
+            del pending[name]
+            stored = self._decode(raw)
+            if stored.version != record.version or stored.state is not record.state:
+                self._accept(name, stored)  # lost the race: adopt the winner
+
+    def _resync(self) -> None:
+        names = list(self._records)
+        if not names:
+            return
+        try:
+            values = self._client.mget([self._key(name) for name in names])
+        except Exception as exc:  # noqa: BLE001
+            self._unhealthy(exc)
+            return
+        self._recovered()
+        for name, raw in zip(names, values, strict=True):
+            if raw is not None:
+                self._accept(name, self._decode(raw))
+
+    def _listen_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                # Typed in some redis-py releases and not in others: call it through Any.
+                open_pubsub: Any = self._client.pubsub
+                pubsub = open_pubsub(ignore_subscribe_messages=True)
+                pubsub.psubscribe(f"{self._prefix}*")
+                while not self._closed.is_set():
+                    message = pubsub.get_message(timeout=0.2)
+                    if message is None or message.get("type") != "pmessage":
+                        continue
+                    channel = message["channel"]
+                    if isinstance(channel, bytes):
+                        channel = channel.decode()
+                    name = channel[len(self._prefix) :]
+                    self._accept(name, self._decode(message["data"]))
+                pubsub.close()
+            except Exception as exc:  # noqa: BLE001  (reconnect after an outage)
+                self._unhealthy(exc)
+                self._closed.wait(min(self._sync_interval, 1.0))
