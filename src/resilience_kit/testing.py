@@ -33,15 +33,16 @@ import random
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
 
 from resilience_kit import _config, _telemetry
-from resilience_kit.clock import Clock
+from resilience_kit._checks import check_positive
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError, InjectedFaultError
-from resilience_kit.policies._base import P, Policy, R, check_positive, resolve_clock
+from resilience_kit.policies import Policy
 
 __all__ = (
     "ChaosFault",
@@ -53,6 +54,8 @@ __all__ = (
     "use_clock",
 )
 
+P = ParamSpec("P")
+R = TypeVar("R")
 T = TypeVar("T")
 
 

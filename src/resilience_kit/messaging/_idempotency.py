@@ -20,14 +20,15 @@ import typing
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import anyio
 import pydantic
 import pydantic_core
 
 from resilience_kit import _telemetry
-from resilience_kit.clock import Clock
+from resilience_kit._checks import check_name, check_positive
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import (
     ConfigurationError,
     CorruptRecordError,
@@ -39,8 +40,6 @@ from resilience_kit.errors import (
 from resilience_kit.messaging._event import _check_name
 from resilience_kit.messaging._protocols import IdempotencyStore
 from resilience_kit.messaging._records import IdempotencyRecord
-from resilience_kit.messaging._validation import check_name
-from resilience_kit.policies._base import P, check_positive, resolve_clock
 
 __all__ = (
     "IDEMPOTENCY_CALLS",
@@ -56,6 +55,7 @@ __all__ = (
 
 logger = logging.getLogger("resilience_kit.idempotency")
 
+P = ParamSpec("P")
 R = TypeVar("R")
 
 OnInProgress = Literal["wait", "raise"]

@@ -18,8 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from resilience_kit.clock import Clock
-from resilience_kit.policies._base import resolve_clock
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.stores.memory._dead_letters import MemoryDeadLetterStore
 from resilience_kit.stores.memory._idempotency import MemoryIdempotencyStore
 from resilience_kit.stores.memory._inbox import MemoryInboxStore

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from resilience_kit import _telemetry
+from resilience_kit._checks import check_positive
 from resilience_kit.clock import SYSTEM_CLOCK, Clock
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._base import check_positive
 from resilience_kit.policies._breaker_store import BreakerRecord, CircuitState, Subscribers
 from resilience_kit.stores.redis._client import redis_client
 

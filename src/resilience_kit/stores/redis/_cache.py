@@ -12,6 +12,7 @@ import pydantic
 import pydantic_core
 
 from resilience_kit import _telemetry
+from resilience_kit._checks import check_positive
 from resilience_kit.caching._store import CacheRecord
 from resilience_kit.clock import SYSTEM_CLOCK, Clock
 from resilience_kit.errors import (
@@ -20,7 +21,6 @@ from resilience_kit.errors import (
     CacheStoreUnavailableError,
     ConfigurationError,
 )
-from resilience_kit.policies._base import check_positive
 from resilience_kit.stores.redis._client import redis_client
 
 if TYPE_CHECKING:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from resilience_kit._checks import check_positive
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._base import check_positive
 from resilience_kit.stores.redis._client import RedisIO, redis_client
 from resilience_kit.stores.redis._dead_letters import RedisDeadLetterStore
 from resilience_kit.stores.redis._idempotency import RedisIdempotencyStore

@@ -22,8 +22,8 @@ import sqlite3
 from pathlib import Path
 from types import TracebackType
 
+from resilience_kit._checks import check_int, check_positive
 from resilience_kit.errors import ConfigurationError, StoreError, StoreUnavailableError
-from resilience_kit.policies._base import check_int, check_positive
 from resilience_kit.stores.sqlite._database import Database
 from resilience_kit.stores.sqlite._dead_letters import SQLiteDeadLetterStore
 from resilience_kit.stores.sqlite._idempotency import SQLiteIdempotencyStore
