@@ -140,6 +140,7 @@ LAYERS: dict[str, str] = {
     "resilience_kit.security": "security",
     "resilience_kit.policies": "policies",
     "resilience_kit._checks": "kernel",
+    "resilience_kit._codec": "kernel",
     "resilience_kit.clock": "kernel",
     "resilience_kit._config": "kernel",
     "resilience_kit.errors": "kernel",

@@ -19,7 +19,7 @@ from resilience_kit.errors import (
     IdempotencyInProgressError,
     IdempotencyKeyError,
 )
-from resilience_kit.messaging._idempotency import (
+from resilience_kit.messaging._guard import (
     RESPONSE_TAG,
     IdempotencyGuard,
     Replay,
