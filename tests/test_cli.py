@@ -19,11 +19,13 @@ from typing import Any
 import anyio
 import pytest
 
-from resilience_kit import _cli_format, _cli_parser, cli
-from resilience_kit._cli_commands import COMMANDS
-from resilience_kit._cli_console import Console
-from resilience_kit._cli_format import describe_filter, duration, moment, safe
-from resilience_kit._cli_parser import build_parser
+from resilience_kit import cli
+from resilience_kit._cli import format as _cli_format
+from resilience_kit._cli import parser as _cli_parser
+from resilience_kit._cli.commands import COMMANDS
+from resilience_kit._cli.console import Console
+from resilience_kit._cli.format import describe_filter, duration, moment, safe
+from resilience_kit._cli.parser import build_parser
 from resilience_kit.cli import main
 from resilience_kit.messaging import DeadLetter, DeadLetterFilter, Event, Outbox
 from resilience_kit.stores import _url
@@ -464,7 +466,7 @@ def test_replay_failures_are_reported_and_exit_1(
 
     monkeypatch.setattr(cli, "open_store", lambda url: store)
     monkeypatch.setattr(
-        "resilience_kit._cli_commands.open_publisher", lambda target, store: Broken()
+        "resilience_kit._cli.commands.open_publisher", lambda target, store: Broken()
     )
     code, out, _ = run(capsys, "dead-letters", "replay", "--store", "memory://", "--to", "outbox")
     assert code == 1

@@ -12,7 +12,7 @@ import pytest
 
 from resilience_kit.errors import ConfigurationError, CorruptRecordError
 from resilience_kit.messaging import IdempotencyMiddleware
-from resilience_kit.stores._memory_idempotency import MemoryIdempotencyStore
+from resilience_kit.stores.memory._idempotency import MemoryIdempotencyStore
 from resilience_kit.testing import VirtualClock
 
 pytestmark = pytest.mark.anyio

@@ -20,8 +20,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from resilience_kit.errors import IdempotencyConflictError, IdempotencyInProgressError
 from resilience_kit.messaging import idempotent
-from resilience_kit.messaging._idempotency import scoped_key
-from resilience_kit.stores._memory_idempotency import MemoryIdempotencyStore
+from resilience_kit.messaging._guard import scoped_key
+from resilience_kit.stores.memory._idempotency import MemoryIdempotencyStore
 from resilience_kit.testing import VirtualClock
 
 T = TypeVar("T")

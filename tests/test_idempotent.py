@@ -27,9 +27,9 @@ from resilience_kit.errors import (
     IdempotencyKeyError,
 )
 from resilience_kit.messaging import IdempotencyStore, idempotent
-from resilience_kit.messaging._idempotency import check_key, decide, scoped_key
+from resilience_kit.messaging._guard import check_key, decide, scoped_key
 from resilience_kit.messaging._records import IdempotencyRecord
-from resilience_kit.stores._memory_idempotency import MemoryIdempotencyStore
+from resilience_kit.stores.memory._idempotency import MemoryIdempotencyStore
 from resilience_kit.testing import VirtualClock
 
 pytestmark = pytest.mark.anyio

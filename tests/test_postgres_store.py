@@ -39,8 +39,8 @@ from tests.servers import free_port
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 psycopg_pool = pytest.importorskip("psycopg_pool", reason="the postgres extra is not installed")
-from resilience_kit.stores import _postgres_outbox  # noqa: E402
 from resilience_kit.stores.postgres import PostgresStore  # noqa: E402
+from resilience_kit.stores.postgres import _outbox as _postgres_outbox  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -39,8 +39,8 @@ from resilience_kit.errors import (  # noqa: E402
     CacheStoreError,
     CacheStoreUnavailableError,
 )
-from resilience_kit.stores._redis_cache import _glob_escape  # noqa: E402
 from resilience_kit.stores.redis import RedisCacheStore  # noqa: E402
+from resilience_kit.stores.redis._cache import _glob_escape  # noqa: E402
 
 MEMBER = ("acme", "ann")
 

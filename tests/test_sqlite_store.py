@@ -36,8 +36,8 @@ from resilience_kit.errors import (
 from resilience_kit.messaging import Event
 from resilience_kit.messaging._protocols import OutboxEntry
 from resilience_kit.messaging._records import DeadLetter, DeadLetterFilter, OutboxMessage
-from resilience_kit.stores._sqlite_schema import LATEST
 from resilience_kit.stores.sqlite import SQLiteStore
+from resilience_kit.stores.sqlite._schema import LATEST
 
 HOUR = 3600.0
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,8 +26,8 @@ from typing import Any
 
 import anyio
 
-from resilience_kit._cli_commands import COMMANDS
-from resilience_kit._cli_console import (
+from resilience_kit._cli.commands import COMMANDS
+from resilience_kit._cli.console import (
     FAILED,
     OK,
     PROG,
@@ -36,8 +36,8 @@ from resilience_kit._cli_console import (
     Console,
     UsageError,
 )
-from resilience_kit._cli_format import safe
-from resilience_kit._cli_parser import STORE_ENV, build_parser, check_arguments
+from resilience_kit._cli.format import safe
+from resilience_kit._cli.parser import STORE_ENV, build_parser, check_arguments
 from resilience_kit.errors import (
     ConfigurationError,
     ResilienceError,

@@ -20,7 +20,7 @@ import anyio
 
 from resilience_kit import _config
 
-__all__ = ("Clock", "SystemClock", "TimerClock", "TimerHandle", "get_clock")
+__all__ = ("Clock", "SystemClock", "TimerClock", "TimerHandle", "get_clock", "resolve_clock")
 
 
 @runtime_checkable
@@ -106,3 +106,23 @@ def get_clock() -> Clock:
         SystemClock()
     """
     return _config.state.clock or SYSTEM_CLOCK
+
+
+def resolve_clock(clock: Clock | None) -> Clock:
+    """Return the clock to use now: the one given, else the one `get_clock` returns.
+
+    A policy keeps the ``clock=`` it was built with, possibly None, and resolves it on
+    each use, so that `resilience_kit.testing.use_clock` installed later still applies.
+
+    Args:
+        clock: the clock a policy was given, or None.
+
+    Examples:
+        >>> from resilience_kit.testing import VirtualClock
+        >>> resolve_clock(None)
+        SystemClock()
+        >>> virtual = VirtualClock()
+        >>> resolve_clock(virtual) is virtual
+        True
+    """
+    return clock or _config.state.clock or SYSTEM_CLOCK

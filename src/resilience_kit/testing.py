@@ -34,16 +34,17 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
 from resilience_kit import _config, _telemetry
-from resilience_kit.clock import Clock
+from resilience_kit._checks import check_positive
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError, InjectedFaultError
-from resilience_kit.policies._base import P, Policy, R, check_positive, resolve_clock
+from resilience_kit.policies import Policy
 
 __all__ = (
     "ChaosFault",
@@ -55,6 +56,8 @@ __all__ = (
     "use_clock",
 )
 
+P = ParamSpec("P")
+R = TypeVar("R")
 T = TypeVar("T")
 
 # How long autojump waits, in real time, before looking again at a busy worker thread:

@@ -14,6 +14,7 @@ import anyio.abc
 from opentelemetry import trace
 
 from resilience_kit import _telemetry
+from resilience_kit._checks import ExceptionFilter, check_positive, exception_matcher
 from resilience_kit.caching import _metrics
 from resilience_kit.caching._errors import CacheLoadError
 from resilience_kit.caching._metrics import CacheStats
@@ -26,14 +27,8 @@ from resilience_kit.caching._policies import (
     _Serve,
 )
 from resilience_kit.caching._store import CacheRecord, CacheStore, InMemoryCacheStore
-from resilience_kit.clock import Clock
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._base import (
-    ExceptionFilter,
-    check_positive,
-    exception_matcher,
-    resolve_clock,
-)
 
 __all__ = ("CacheLookup", "PolicyCache")
 

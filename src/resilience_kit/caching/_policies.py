@@ -14,9 +14,9 @@ from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, overload
 
 from typing_extensions import Never
 
+from resilience_kit._checks import check_positive
 from resilience_kit.caching._store import CacheRecord
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._base import check_positive
 
 __all__ = ("CachePolicy", "FailClosed", "FailOpen", "FallbackEvent", "ServeStale", "Served")
 

@@ -7,7 +7,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
-from resilience_kit.policies._base import check_int
+from resilience_kit._checks import check_int
 
 __all__ = ("CacheRecord", "CacheStore", "InMemoryCacheStore")
 

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 import anyio
 
 from resilience_kit import _telemetry
-from resilience_kit.clock import Clock, SystemClock, TimerClock
+from resilience_kit._checks import check_positive
+from resilience_kit.clock import Clock, SystemClock, TimerClock, resolve_clock
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._base import check_positive, resolve_clock
 from resilience_kit.policies._deadline import deadline_scope
 
 __all__ = (

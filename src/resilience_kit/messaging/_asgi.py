@@ -11,6 +11,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from resilience_kit._checks import check_int
 from resilience_kit.errors import (
     ConfigurationError,
     CorruptRecordError,
@@ -18,7 +19,7 @@ from resilience_kit.errors import (
     IdempotencyInProgressError,
     IdempotencyKeyError,
 )
-from resilience_kit.messaging._idempotency import (
+from resilience_kit.messaging._guard import (
     RESPONSE_TAG,
     IdempotencyGuard,
     Replay,
@@ -26,7 +27,6 @@ from resilience_kit.messaging._idempotency import (
     scoped_key,
 )
 from resilience_kit.messaging._protocols import IdempotencyStore
-from resilience_kit.policies._base import check_int
 
 __all__ = ("IdempotencyMiddleware",)
 

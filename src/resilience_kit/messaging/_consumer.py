@@ -12,16 +12,15 @@ import anyio
 from anyio.abc import ObjectReceiveStream, TaskStatus
 
 from resilience_kit import _telemetry
-from resilience_kit.clock import Clock
+from resilience_kit._checks import check_int, check_name
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError, InvalidEventError
 from resilience_kit.messaging._dead_letter import REPLAYS_HEADER
 from resilience_kit.messaging._event import DEFAULT_MAX_BYTES, Event, _check_max_bytes
 from resilience_kit.messaging._inbox import Inbox
 from resilience_kit.messaging._protocols import DeadLetterStore, Delivery, Subscriber
 from resilience_kit.messaging._records import DeadLetter
-from resilience_kit.messaging._validation import check_name
 from resilience_kit.policies._backoff import Backoff
-from resilience_kit.policies._base import check_int, resolve_clock
 from resilience_kit.policies._retry import RetryPolicy
 
 __all__ = ("Outcome", "ResilientConsumer")

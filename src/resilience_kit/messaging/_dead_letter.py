@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from resilience_kit.clock import Clock
+from resilience_kit._checks import check_int, check_positive, check_topic
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError
 from resilience_kit.messaging._event import _new_id
 from resilience_kit.messaging._protocols import DeadLetterStore, Publisher
 from resilience_kit.messaging._records import DeadLetter, DeadLetterFilter
-from resilience_kit.messaging._validation import check_topic
-from resilience_kit.policies._base import check_int, check_positive, resolve_clock
 
 __all__ = ("REPLAYS_HEADER", "DeadLetterQueue", "ReplayReport")
 

@@ -23,6 +23,7 @@ from pydantic import (
 )
 from typing_extensions import Self
 
+from resilience_kit._checks import CONTROL_OR_SURROGATE, NAME_MAX_LENGTH, name_problem
 from resilience_kit.clock import get_clock
 from resilience_kit.errors import (
     ConfigurationError,
@@ -36,15 +37,11 @@ __all__ = ("Event",)
 DEFAULT_MAX_BYTES = 1_048_576
 """1 MiB: about Kafka's default ``message.max.bytes``."""
 
-_NAME_MAX_LENGTH = 255  # type, key and header names: indexable columns on every backend
 _MAX_DEPTH = 64  # nesting of payload containers
 _MAX_INT_BITS = 1024  # a 309-digit integer still converts to and from text everywhere
 
 _TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9._-]+")
-# Control characters break text protocols and PostgreSQL text columns (NUL); lone
-# surrogates cannot be encoded as UTF-8 at all.
-_CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 _HINTS: dict[type, str] = {
@@ -185,12 +182,9 @@ def _check_payload(value: object) -> object:
 
 
 def _check_name(value: str, what: str) -> str:
-    if not value:
-        raise ValueError(f"{what}must not be empty")
-    if len(value) > _NAME_MAX_LENGTH:
-        raise ValueError(f"{what}must be at most {_NAME_MAX_LENGTH} characters, got {len(value)}")
-    if _CONTROL_OR_SURROGATE.search(value):
-        raise ValueError(f"{what}must not contain control characters or lone surrogates")
+    problem = name_problem(value)
+    if problem is not None:
+        raise ValueError(f"{what}{problem}")
     return value
 
 
@@ -280,8 +274,8 @@ class Event(BaseModel):
     @field_validator("type")
     @classmethod
     def _check_type(cls, value: str) -> str:
-        if len(value) > _NAME_MAX_LENGTH:
-            raise ValueError(f"must be at most {_NAME_MAX_LENGTH} characters, got {len(value)}")
+        if len(value) > NAME_MAX_LENGTH:
+            raise ValueError(f"must be at most {NAME_MAX_LENGTH} characters, got {len(value)}")
         if not _TYPE.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not dotted names of letters, digits, '_' and '-' "
@@ -301,7 +295,7 @@ class Event(BaseModel):
             _check_name(name, "a header name ")
             if not _HEADER_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a header name: letters, digits, '.', '_', '-'")
-            if _CONTROL_OR_SURROGATE.search(text):
+            if CONTROL_OR_SURROGATE.search(text):
                 raise ValueError(
                     f"the value of {name!r} must not contain control characters or lone surrogates"
                 )

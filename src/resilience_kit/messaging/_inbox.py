@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from resilience_kit._checks import check_name
 from resilience_kit.errors import ConfigurationError
 from resilience_kit.messaging._event import Event
 from resilience_kit.messaging._protocols import InboxStore
-from resilience_kit.messaging._validation import check_name
 
 __all__ = ("Inbox",)
 

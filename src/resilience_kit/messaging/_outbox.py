@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from resilience_kit._checks import check_topic
 from resilience_kit.errors import ConfigurationError
 from resilience_kit.messaging._event import DEFAULT_MAX_BYTES, Event, _check_max_bytes
 from resilience_kit.messaging._protocols import OutboxEntry, OutboxStore
-from resilience_kit.messaging._validation import check_topic
 
 __all__ = ("Outbox",)
 

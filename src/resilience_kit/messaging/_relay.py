@@ -13,13 +13,12 @@ import anyio
 from anyio.abc import TaskStatus
 
 from resilience_kit import _telemetry
-from resilience_kit.clock import Clock
+from resilience_kit._checks import check_int, check_name, check_positive
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError, InvalidEventError
 from resilience_kit.messaging._protocols import OutboxStore, Publisher
 from resilience_kit.messaging._records import DeadLetter, OutboxMessage, OutboxStatus
-from resilience_kit.messaging._validation import check_name
 from resilience_kit.policies._backoff import Backoff
-from resilience_kit.policies._base import check_int, check_positive, resolve_clock
 from resilience_kit.policies._deadline import MovableDeadline, movable_deadline
 
 __all__ = ("OutboxRelay", "RelayReport")

@@ -7,8 +7,8 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+from resilience_kit._checks import check_positive
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._base import check_positive
 
 Jitter = Literal["none", "full", "equal", "decorrelated"]
 _JITTERS = ("none", "full", "equal", "decorrelated")

@@ -10,20 +10,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from resilience_kit import _config, _telemetry
-from resilience_kit.clock import SYSTEM_CLOCK, Clock
-from resilience_kit.errors import CircuitOpenError, ConfigurationError
-from resilience_kit.policies._backoff import Backoff
-from resilience_kit.policies._base import (
+from resilience_kit._checks import (
     ExceptionFilter,
     ExceptionTypes,
-    P,
-    Policy,
-    R,
     check_int,
     check_positive,
     exception_matcher,
-    resolve_clock,
 )
+from resilience_kit.clock import SYSTEM_CLOCK, Clock, resolve_clock
+from resilience_kit.errors import CircuitOpenError, ConfigurationError
+from resilience_kit.policies._backoff import Backoff
+from resilience_kit.policies._base import P, Policy, R
 from resilience_kit.policies._breaker_store import (
     BreakerRecord,
     BreakerStore,

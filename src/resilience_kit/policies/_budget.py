@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from resilience_kit.clock import Clock
+from resilience_kit._checks import check_int, check_positive
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._base import check_int, check_positive, resolve_clock
 
 
 class RetryBudget:

@@ -12,9 +12,10 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from resilience_kit import _telemetry
-from resilience_kit.clock import Clock
+from resilience_kit._checks import check_int, check_positive
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import BulkheadFullError
-from resilience_kit.policies._base import P, Policy, R, check_int, check_positive, resolve_clock
+from resilience_kit.policies._base import P, Policy, R
 from resilience_kit.policies._deadline import deadline_scope
 
 # anyio >= 4.11 can name an event loop, so that any thread can reach it; before that, only

@@ -7,15 +7,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar, cast, overload
 
 from resilience_kit import _telemetry
+from resilience_kit._checks import ExceptionFilter, exception_matcher, is_async_callable
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._base import (
-    ExceptionFilter,
-    P,
-    Policy,
-    R,
-    exception_matcher,
-    is_async_callable,
-)
+from resilience_kit.policies._base import P, Policy, R
 
 T = TypeVar("T")
 _MISSING: Any = object()

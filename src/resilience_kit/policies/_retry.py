@@ -10,19 +10,11 @@ from types import TracebackType
 from typing import Any, Literal
 
 from resilience_kit import _config, _telemetry
-from resilience_kit.clock import Clock
+from resilience_kit._checks import ExceptionFilter, check_int, check_positive, exception_matcher
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError, RetryExhaustedError
 from resilience_kit.policies._backoff import Backoff
-from resilience_kit.policies._base import (
-    ExceptionFilter,
-    P,
-    Policy,
-    R,
-    check_int,
-    check_positive,
-    exception_matcher,
-    resolve_clock,
-)
+from resilience_kit.policies._base import P, Policy, R
 from resilience_kit.policies._budget import RetryBudget
 from resilience_kit.policies._retry_after import header_hint, hint_seconds, retry_after_hint
 

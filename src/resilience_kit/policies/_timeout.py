@@ -8,9 +8,10 @@ from typing import Any
 import anyio
 
 from resilience_kit import _config, _telemetry
+from resilience_kit._checks import check_positive
 from resilience_kit.clock import Clock, SystemClock, TimerClock
 from resilience_kit.errors import ConfigurationError, TimeoutExceededError
-from resilience_kit.policies._base import P, Policy, R, check_positive
+from resilience_kit.policies._base import P, Policy, R
 from resilience_kit.policies._deadline import deadline_scope
 
 

@@ -6,9 +6,9 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from resilience_kit.clock import Clock
+from resilience_kit._checks import check_positive
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._base import check_positive, resolve_clock
 from resilience_kit.security import _algorithms, _compact, _jwt
 from resilience_kit.security._keyring import Keyring
 

@@ -21,9 +21,9 @@ import anyio
 import anyio.to_thread
 
 from resilience_kit import _telemetry
-from resilience_kit.clock import Clock
+from resilience_kit._checks import check_int, check_positive
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._base import check_int, check_positive, resolve_clock
 from resilience_kit.policies._timeout import Timeout
 from resilience_kit.security import _algorithms
 from resilience_kit.security._errors import ValidatorUnavailableError

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from resilience_kit.clock import Clock
+from resilience_kit._checks import check_positive
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._base import check_positive, resolve_clock
 from resilience_kit.security import _algorithms
 
 

@@ -18,14 +18,9 @@ from types import MappingProxyType
 from typing import Any, cast
 
 from resilience_kit import _config, _telemetry
-from resilience_kit.clock import SYSTEM_CLOCK, Clock
+from resilience_kit._checks import check_int, check_positive, is_async_callable
+from resilience_kit.clock import SYSTEM_CLOCK, Clock, resolve_clock
 from resilience_kit.errors import CircuitOpenError, ConfigurationError, TimeoutExceededError
-from resilience_kit.policies._base import (
-    check_int,
-    check_positive,
-    is_async_callable,
-    resolve_clock,
-)
 from resilience_kit.policies._breaker import CircuitBreaker
 from resilience_kit.policies._timeout import Timeout
 from resilience_kit.security import _algorithms, _compact, _jwt

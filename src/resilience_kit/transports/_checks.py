@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from resilience_kit._checks import check_name
 from resilience_kit.messaging._event import Event
-from resilience_kit.messaging._validation import check_name
 
 __all__ = ("check_data", "check_event", "check_key")
 

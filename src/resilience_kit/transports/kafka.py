@@ -29,10 +29,10 @@ from typing import Any, Literal
 
 import anyio
 
+from resilience_kit._checks import check_name, check_topic
 from resilience_kit.errors import ConfigurationError
 from resilience_kit.messaging._event import Event
 from resilience_kit.messaging._protocols import Delivery
-from resilience_kit.messaging._validation import check_name, check_topic
 from resilience_kit.transports._checks import check_data, check_event, check_key
 from resilience_kit.transports._closing import Closing
 from resilience_kit.transports._offsets import PartitionOffsets

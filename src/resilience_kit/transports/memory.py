@@ -29,11 +29,11 @@ from collections.abc import Callable
 
 from anyio.lowlevel import checkpoint
 
+from resilience_kit._checks import check_int, check_name, check_topic
 from resilience_kit.errors import ConfigurationError, InjectedFaultError
 from resilience_kit.messaging._event import Event
 from resilience_kit.messaging._protocols import Delivery
-from resilience_kit.messaging._validation import check_name, check_topic
-from resilience_kit.policies._base import Policy, check_int
+from resilience_kit.policies import Policy
 from resilience_kit.testing import ChaosFault
 from resilience_kit.transports._checks import check_data, check_event, check_key
 from resilience_kit.transports._closing import Closing

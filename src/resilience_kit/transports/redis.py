@@ -32,12 +32,11 @@ import anyio
 import anyio.to_thread
 from anyio.lowlevel import checkpoint
 
+from resilience_kit._checks import check_int, check_name, check_positive, check_topic
 from resilience_kit.errors import ConfigurationError
 from resilience_kit.messaging._event import Event
 from resilience_kit.messaging._protocols import Delivery
-from resilience_kit.messaging._validation import check_name, check_topic
-from resilience_kit.policies._base import check_int, check_positive
-from resilience_kit.stores._redis_client import redis_client
+from resilience_kit.stores.redis._client import redis_client
 from resilience_kit.transports._checks import check_data, check_event, check_key
 from resilience_kit.transports._closing import Closing
 

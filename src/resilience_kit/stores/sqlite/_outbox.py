@@ -26,14 +26,14 @@ from resilience_kit.messaging._records import (
     OutboxMessage,
     OutboxStatus,
 )
-from resilience_kit.stores._sqlite_database import (
+from resilience_kit.stores.sqlite._database import (
     Database,
     check_connection,
     from_seconds,
     in_thread,
     now,
 )
-from resilience_kit.stores._sqlite_dead_letters import insert_letter
+from resilience_kit.stores.sqlite._dead_letters import insert_letter
 
 __all__ = ("SQLiteOutboxStore",)
 

@@ -12,6 +12,8 @@ import pydantic
 import pydantic_core
 
 from resilience_kit import _telemetry
+from resilience_kit._checks import check_positive
+from resilience_kit._codec import ValueCodec
 from resilience_kit.caching._store import CacheRecord
 from resilience_kit.clock import SYSTEM_CLOCK, Clock
 from resilience_kit.errors import (
@@ -20,8 +22,7 @@ from resilience_kit.errors import (
     CacheStoreUnavailableError,
     ConfigurationError,
 )
-from resilience_kit.policies._base import check_positive
-from resilience_kit.stores._redis_client import redis_client
+from resilience_kit.stores.redis._client import redis_client
 
 if TYPE_CHECKING:
     import redis as redis_lib
@@ -227,7 +228,6 @@ class RedisCacheStore(Generic[K, V]):
     """
 
     __slots__ = (
-        "_adapter",
         "_begin",
         "_clear",
         "_client",
@@ -240,6 +240,7 @@ class RedisCacheStore(Generic[K, V]):
         "_redis_errors",
         "_sweep",
         "_unavailable",
+        "_values",
         "_window_us",
         "invalidation_ttl",
         "prefix",
@@ -269,7 +270,7 @@ class RedisCacheStore(Generic[K, V]):
         if clock is not None and not isinstance(clock, Clock):
             raise ConfigurationError("clock", f"must implement Clock, got {clock!r}")
         try:
-            adapter = None if value_type is None else pydantic.TypeAdapter(value_type)
+            values = ValueCodec() if value_type is None else ValueCodec.for_type(value_type)
         except pydantic.PydanticUserError as exc:
             raise ConfigurationError("value_type", f"pydantic cannot use it: {exc}") from exc
         self._owns_client = owns_client
@@ -278,7 +279,7 @@ class RedisCacheStore(Generic[K, V]):
         self.retention = float(retention)
         self.invalidation_ttl = float(invalidation_ttl)
         self._window_us = max(1, round(self.invalidation_ttl * 1_000_000))
-        self._adapter: pydantic.TypeAdapter[Any] | None = adapter
+        self._values = values
         self._key_serializer = key_serializer
         self._clock = clock or SYSTEM_CLOCK
         self._redis_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
@@ -503,15 +504,9 @@ class RedisCacheStore(Generic[K, V]):
         return _MAGIC + b"|" + header.encode() + value
 
     def _dump(self, key: K, value: V) -> bytes:
-        adapter = self._adapter
         try:
-            if adapter is None:
-                payload = pydantic_core.to_json(value)
-                same = pydantic_core.from_json(payload) == value
-            else:
-                payload = adapter.dump_json(value, warnings="error")
-                adapter.validate_json(payload)  # what cannot be read back is not stored
-                same = True
+            payload = self._values.dump(value)
+            same = self._values.survives(value, payload)  # what cannot be read back is not stored
         except (ValueError, TypeError) as exc:  # pydantic's errors are ValueErrors
             raise CacheSerializationError(
                 f"{self!r}: cannot serialise the value for {key!r}: {exc}",
@@ -538,12 +533,8 @@ class RedisCacheStore(Generic[K, V]):
             if cleared is not None and int(cleared) > int(epoch):
                 return None  # from before an invalidate_all not yet swept
             offset = self._clock.monotonic() - self._clock.time()
-            adapter = self._adapter
-            decoded = (
-                pydantic_core.from_json(value) if adapter is None else adapter.validate_json(value)
-            )
             return CacheRecord(
-                decoded,
+                self._values.load(value),
                 float(loaded) + offset,
                 float(expires) + offset,
                 float(retain) + offset if retain else None,

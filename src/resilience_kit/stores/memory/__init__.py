@@ -18,13 +18,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from resilience_kit.clock import Clock
-from resilience_kit.policies._base import resolve_clock
-from resilience_kit.stores._memory_dead_letters import MemoryDeadLetterStore
-from resilience_kit.stores._memory_idempotency import MemoryIdempotencyStore
-from resilience_kit.stores._memory_inbox import MemoryInboxStore
-from resilience_kit.stores._memory_outbox import MemoryOutboxStore
-from resilience_kit.stores._memory_transaction import MemoryTransaction
+from resilience_kit.clock import Clock, resolve_clock
+from resilience_kit.stores.memory._dead_letters import MemoryDeadLetterStore
+from resilience_kit.stores.memory._idempotency import MemoryIdempotencyStore
+from resilience_kit.stores.memory._inbox import MemoryInboxStore
+from resilience_kit.stores.memory._outbox import MemoryOutboxStore
+from resilience_kit.stores.memory._transaction import MemoryTransaction
 
 __all__ = ("MemoryIdempotencyStore", "MemoryStore", "MemoryTransaction")
 

@@ -20,8 +20,8 @@ from resilience_kit.messaging._records import (
     OutboxMessage,
     OutboxStatus,
 )
-from resilience_kit.stores._memory_dead_letters import MemoryDeadLetterStore
-from resilience_kit.stores._memory_transaction import MemoryTransaction
+from resilience_kit.stores.memory._dead_letters import MemoryDeadLetterStore
+from resilience_kit.stores.memory._transaction import MemoryTransaction
 
 __all__ = ("MemoryOutboxStore",)
 
@@ -58,7 +58,7 @@ class MemoryOutboxStore:
         >>> import anyio
         >>> from resilience_kit.messaging import Event
         >>> from resilience_kit.messaging._protocols import OutboxEntry
-        >>> from resilience_kit.stores._memory_dead_letters import MemoryDeadLetterStore
+        >>> from resilience_kit.stores.memory._dead_letters import MemoryDeadLetterStore
         >>> from resilience_kit.testing import VirtualClock
         >>> outbox = MemoryOutboxStore(VirtualClock(), MemoryDeadLetterStore())
         >>> event = Event(type="org.created", key="o1", payload={})

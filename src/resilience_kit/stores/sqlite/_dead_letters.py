@@ -12,7 +12,7 @@ from uuid import UUID
 from resilience_kit import _telemetry
 from resilience_kit.errors import CorruptRecordError
 from resilience_kit.messaging._records import DeadLetter, DeadLetterFilter
-from resilience_kit.stores._sqlite_database import Database, from_micros, to_micros
+from resilience_kit.stores.sqlite._database import Database, from_micros, to_micros
 
 __all__ = ("SQLiteDeadLetterStore", "insert_letter")
 

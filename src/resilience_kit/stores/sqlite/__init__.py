@@ -24,13 +24,13 @@ from types import TracebackType
 
 import anyio.to_thread
 
+from resilience_kit._checks import check_int, check_positive
 from resilience_kit.errors import ConfigurationError, StoreError, StoreUnavailableError
-from resilience_kit.policies._base import check_int, check_positive
-from resilience_kit.stores._sqlite_database import Database
-from resilience_kit.stores._sqlite_dead_letters import SQLiteDeadLetterStore
-from resilience_kit.stores._sqlite_idempotency import SQLiteIdempotencyStore
-from resilience_kit.stores._sqlite_inbox import SQLiteInboxStore
-from resilience_kit.stores._sqlite_outbox import SQLiteOutboxStore
+from resilience_kit.stores.sqlite._database import Database
+from resilience_kit.stores.sqlite._dead_letters import SQLiteDeadLetterStore
+from resilience_kit.stores.sqlite._idempotency import SQLiteIdempotencyStore
+from resilience_kit.stores.sqlite._inbox import SQLiteInboxStore
+from resilience_kit.stores.sqlite._outbox import SQLiteOutboxStore
 
 __all__ = ("SQLiteStore",)
 

@@ -1,11 +1,4 @@
-"""Redis backends: circuit-breaker state shared by every instance of a service.
-
-`RedisStore` keeps messaging's dead letters, inbox records and idempotency records (no outbox).
-
-Needs the ``redis`` extra (``pip install resilience-patterns[redis]``). The store uses
-redis-py's synchronous client on background threads, so it serves sync code and async
-code on asyncio and trio alike without ever blocking a call or an event loop.
-"""
+"""RedisBreakerStore: circuit-breaker state shared by every instance of a service."""
 
 from __future__ import annotations
 
@@ -16,18 +9,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from resilience_kit import _telemetry
+from resilience_kit._checks import check_positive
 from resilience_kit.clock import SYSTEM_CLOCK, Clock
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._base import check_positive
 from resilience_kit.policies._breaker_store import BreakerRecord, CircuitState, Subscribers
-from resilience_kit.stores._redis_cache import RedisCacheStore as RedisCacheStore
-from resilience_kit.stores._redis_client import redis_client
-from resilience_kit.stores._redis_store import RedisStore as RedisStore
+from resilience_kit.stores.redis._client import redis_client
 
 if TYPE_CHECKING:
     import redis as redis_lib
 
-__all__ = ("RedisBreakerStore", "RedisCacheStore", "RedisStore")
+__all__ = ("RedisBreakerStore",)
 
 # Compare-and-set: a write wins unless Redis already holds a newer version. Accepting
 # "stored <= expected" (not only "==") lets an instance that kept going on its own during

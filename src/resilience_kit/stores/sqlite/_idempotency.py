@@ -7,7 +7,7 @@ from typing import Any
 
 from resilience_kit.errors import CorruptRecordError
 from resilience_kit.messaging._records import IdempotencyRecord
-from resilience_kit.stores._sqlite_database import Database, now
+from resilience_kit.stores.sqlite._database import Database, now
 
 __all__ = ("SQLiteIdempotencyStore",)
 

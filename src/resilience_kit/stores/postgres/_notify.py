@@ -24,7 +24,7 @@ from resilience_kit.errors import StoreError
 if TYPE_CHECKING:
     import psycopg
 
-    from resilience_kit.stores._postgres_db import Database
+    from resilience_kit.stores.postgres._db import Database
 
 __all__ = ("Listener", "channel_for")
 

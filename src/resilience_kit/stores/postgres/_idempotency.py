@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from resilience_kit.errors import CorruptRecordError, StoreError
 from resilience_kit.messaging._records import IdempotencyRecord
-from resilience_kit.stores._postgres_db import seconds
+from resilience_kit.stores.postgres._db import seconds
 
 if TYPE_CHECKING:
     import psycopg
 
-    from resilience_kit.stores._postgres_db import Database
+    from resilience_kit.stores.postgres._db import Database
 
-__all__ = ("PostgresIdempotency",)
+__all__ = ("PostgresIdempotencyStore",)
 
 _STATUSES = ("in_progress", "completed")
 _RECORD = (
@@ -58,7 +58,7 @@ def _record(row: Sequence[Any], store: str) -> IdempotencyRecord:
     )
 
 
-class PostgresIdempotency:
+class PostgresIdempotencyStore:
     """An `IdempotencyStore` in PostgreSQL (``store.idempotency`` of a `PostgresStore`)."""
 
     def __init__(self, db: Database) -> None:

@@ -9,7 +9,7 @@ from resilience_kit.errors import CorruptRecordError
 from resilience_kit.messaging._records import IdempotencyRecord
 
 if TYPE_CHECKING:
-    from resilience_kit.stores._redis_store import RedisIO
+    from resilience_kit.stores.redis._client import RedisIO
 
 __all__ = ("RedisIdempotencyStore",)
 

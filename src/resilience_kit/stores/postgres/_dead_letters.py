@@ -15,9 +15,9 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
-    from resilience_kit.stores._postgres_db import Database
+    from resilience_kit.stores.postgres._db import Database
 
-__all__ = ("COLUMNS", "PostgresDeadLetters", "letter_row")
+__all__ = ("COLUMNS", "PostgresDeadLetterStore", "letter_row")
 
 logger = logging.getLogger("resilience_kit.stores.postgres")
 
@@ -95,7 +95,7 @@ def _letter(row: Sequence[Any], store: str) -> DeadLetter:
         ) from None
 
 
-class PostgresDeadLetters:
+class PostgresDeadLetterStore:
     """A `DeadLetterStore` in PostgreSQL (``store.dead_letters`` of a `PostgresStore`).
 
     Ids are UUIDv7, so ``ORDER BY id`` is time order and the ``after`` cursor is an id.

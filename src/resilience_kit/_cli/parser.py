@@ -10,10 +10,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NoReturn
 from uuid import UUID
 
-from resilience_kit._cli_console import PROG, UsageError
+from resilience_kit._checks import check_topic
+from resilience_kit._cli.console import PROG, UsageError
 from resilience_kit._version import __version__
 from resilience_kit.messaging._records import DeadLetterFilter
-from resilience_kit.messaging._validation import check_topic
 from resilience_kit.stores._url import mask_url, parse_store_url
 
 __all__ = ("STORE_ENV", "build_parser", "check_arguments", "dead_letter_filter", "parse_time")

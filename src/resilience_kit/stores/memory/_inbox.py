@@ -8,7 +8,7 @@ from uuid import UUID
 from resilience_kit.clock import Clock
 
 if TYPE_CHECKING:
-    from resilience_kit.stores._memory_transaction import MemoryTransaction
+    from resilience_kit.stores.memory._transaction import MemoryTransaction
 
 __all__ = ("MemoryInboxStore",)
 

@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 from uuid import UUID
 
-from resilience_kit.stores._sqlite_database import Database, check_connection, now
+from resilience_kit.stores.sqlite._database import Database, check_connection, now
 
 __all__ = ("SQLiteInboxStore",)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from uuid import UUID
 
 if TYPE_CHECKING:
-    from resilience_kit.stores._redis_store import RedisIO
+    from resilience_kit.stores.redis._client import RedisIO
 
 __all__ = ("RedisInboxStore",)
 

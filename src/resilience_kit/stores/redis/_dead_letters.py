@@ -17,7 +17,7 @@ from resilience_kit.errors import CorruptRecordError
 from resilience_kit.messaging._records import DeadLetter, DeadLetterFilter
 
 if TYPE_CHECKING:
-    from resilience_kit.stores._redis_store import RedisIO
+    from resilience_kit.stores.redis._client import RedisIO
 
 __all__ = ("RedisDeadLetterStore",)
 

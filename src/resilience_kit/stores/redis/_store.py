@@ -2,70 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
-import anyio.to_thread
-
-from resilience_kit.errors import ConfigurationError, StoreError, StoreUnavailableError
-from resilience_kit.policies._base import check_positive
-from resilience_kit.stores._redis_client import redis_client
-from resilience_kit.stores._redis_dead_letters import RedisDeadLetterStore
-from resilience_kit.stores._redis_idempotency import RedisIdempotencyStore
-from resilience_kit.stores._redis_inbox import RedisInboxStore
+from resilience_kit._checks import check_positive
+from resilience_kit.errors import ConfigurationError
+from resilience_kit.stores.redis._client import RedisIO, redis_client
+from resilience_kit.stores.redis._dead_letters import RedisDeadLetterStore
+from resilience_kit.stores.redis._idempotency import RedisIdempotencyStore
+from resilience_kit.stores.redis._inbox import RedisInboxStore
 
 if TYPE_CHECKING:
     import redis as redis_lib
 
 __all__ = ("RedisStore",)
 
-T = TypeVar("T")
-
 DEFAULT_INBOX_TTL = 7 * 86_400.0
 """Seven days: how long an inbox record is kept by default."""
-
-
-class RedisIO:
-    """The client, key prefix and error handling the three Redis components share.
-
-    Every Redis call runs on a worker thread (``anyio.to_thread.run_sync``) with the
-    synchronous client, so the components work on asyncio and trio alike; Redis errors
-    come out as `StoreUnavailableError` (cannot reach a writable Redis) or `StoreError`.
-    """
-
-    __slots__ = ("_refused", "_unavailable", "client", "name", "prefix")
-
-    def __init__(self, redis: Any, client: redis_lib.Redis, prefix: str, name: str) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.name = name
-        # READONLY: a demoted primary during a failover; it cannot take writes either.
-        self._unavailable: tuple[type[BaseException], ...] = (
-            redis.ConnectionError,
-            redis.TimeoutError,
-            redis.exceptions.ReadOnlyError,
-            OSError,
-        )
-        self._refused: tuple[type[BaseException], ...] = (redis.RedisError,)
-
-    def script(self, source: str) -> Any:
-        """Register a Lua script (run with EVALSHA, loaded again after a server restart)."""
-        return self.client.register_script(source)
-
-    async def run(self, call: Callable[[], T]) -> T:
-        """Run ``call`` on a worker thread, turning Redis errors into store errors."""
-        try:
-            return await anyio.to_thread.run_sync(call)
-        except self._unavailable as exc:
-            raise StoreUnavailableError(
-                f"{self.name}: Redis is unreachable ({type(exc).__name__}: {exc})",
-                store=self.name,
-            ) from exc
-        except self._refused as exc:
-            raise StoreError(
-                f"{self.name}: Redis refused the operation ({type(exc).__name__}: {exc})",
-                store=self.name,
-            ) from exc
 
 
 def _check(prefix: str, inbox_ttl: float, client: redis_lib.Redis) -> None:

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import anyio.lowlevel
 
-from resilience_kit.clock import Clock
+from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.messaging._records import IdempotencyRecord, IdempotencyStatus
-from resilience_kit.policies._base import resolve_clock
 
 __all__ = ("MemoryIdempotencyStore",)
 

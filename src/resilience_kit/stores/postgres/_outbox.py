@@ -63,16 +63,16 @@ from resilience_kit.messaging._records import (
     OutboxMessage,
     OutboxStatus,
 )
-from resilience_kit.stores._postgres_db import seconds
-from resilience_kit.stores._postgres_dead_letters import COLUMNS, letter_row
+from resilience_kit.stores.postgres._db import seconds
+from resilience_kit.stores.postgres._dead_letters import COLUMNS, letter_row
 
 if TYPE_CHECKING:
     import psycopg
 
-    from resilience_kit.stores._postgres_db import Database
-    from resilience_kit.stores._postgres_notify import Listener
+    from resilience_kit.stores.postgres._db import Database
+    from resilience_kit.stores.postgres._notify import Listener
 
-__all__ = ("PostgresOutbox",)
+__all__ = ("PostgresOutboxStore",)
 
 _WALK = 2_000
 """Keys a claim looks at, at most (and at least ``4 * limit``)."""
@@ -216,7 +216,7 @@ def _read_error(value: bytes | None) -> str | None:
         return bytes(value).decode("utf-8", "replace")
 
 
-class PostgresOutbox:
+class PostgresOutboxStore:
     """An `OutboxStore` in PostgreSQL (``store.outbox`` of a `PostgresStore`).
 
     `add` writes with the caller's psycopg connection, inside its transaction; the

@@ -7,17 +7,17 @@ from uuid import UUID
 
 import anyio.to_thread
 
-from resilience_kit.stores._postgres_db import seconds
+from resilience_kit.stores.postgres._db import seconds
 
 if TYPE_CHECKING:
     import psycopg
 
-    from resilience_kit.stores._postgres_db import Database
+    from resilience_kit.stores.postgres._db import Database
 
-__all__ = ("PostgresInbox",)
+__all__ = ("PostgresInboxStore",)
 
 
-class PostgresInbox:
+class PostgresInboxStore:
     """An `InboxStore` in PostgreSQL (``store.inbox`` of a `PostgresStore`).
 
     `mark` inserts with the caller's connection, inside its transaction, so the

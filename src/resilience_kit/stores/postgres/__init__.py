@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
-from resilience_kit.stores._postgres_db import Database
-from resilience_kit.stores._postgres_dead_letters import PostgresDeadLetters
-from resilience_kit.stores._postgres_idempotency import PostgresIdempotency
-from resilience_kit.stores._postgres_inbox import PostgresInbox
-from resilience_kit.stores._postgres_notify import Listener, channel_for
-from resilience_kit.stores._postgres_outbox import PostgresOutbox
-from resilience_kit.stores._postgres_schema import migrate
+from resilience_kit.stores.postgres._db import Database
+from resilience_kit.stores.postgres._dead_letters import PostgresDeadLetterStore
+from resilience_kit.stores.postgres._idempotency import PostgresIdempotencyStore
+from resilience_kit.stores.postgres._inbox import PostgresInboxStore
+from resilience_kit.stores.postgres._notify import Listener, channel_for
+from resilience_kit.stores.postgres._outbox import PostgresOutboxStore
+from resilience_kit.stores.postgres._schema import migrate
 
 if TYPE_CHECKING:
     import psycopg_pool
@@ -97,10 +97,10 @@ class PostgresStore:
         )
         channel = channel_for(schema)
         self._listener = Listener(self._db, channel) if notify else None
-        self.outbox = PostgresOutbox(self._db, listener=self._listener, channel=channel)
-        self.dead_letters = PostgresDeadLetters(self._db)
-        self.inbox = PostgresInbox(self._db)
-        self.idempotency = PostgresIdempotency(self._db)
+        self.outbox = PostgresOutboxStore(self._db, listener=self._listener, channel=channel)
+        self.dead_letters = PostgresDeadLetterStore(self._db)
+        self.inbox = PostgresInboxStore(self._db)
+        self.idempotency = PostgresIdempotencyStore(self._db)
 
     @property
     def schema(self) -> str:

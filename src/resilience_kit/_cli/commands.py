@@ -10,8 +10,8 @@ import argparse
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from resilience_kit._cli_console import FAILED, OK, CommandError, Console, UsageError
-from resilience_kit._cli_format import (
+from resilience_kit._cli.console import FAILED, OK, CommandError, Console, UsageError
+from resilience_kit._cli.format import (
     blocked_document,
     blocked_table,
     dead_letter_details,
@@ -23,7 +23,7 @@ from resilience_kit._cli_format import (
     status_fields,
     to_json,
 )
-from resilience_kit._cli_parser import dead_letter_filter
+from resilience_kit._cli.parser import dead_letter_filter
 from resilience_kit.errors import CorruptRecordError
 from resilience_kit.messaging._dead_letter import DeadLetterQueue, ReplayReport
 from resilience_kit.messaging._outbox import Outbox

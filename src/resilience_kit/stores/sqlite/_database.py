@@ -26,7 +26,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from resilience_kit.errors import StoreError, StoreUnavailableError
-from resilience_kit.stores import _sqlite_schema
+from resilience_kit.stores.sqlite import _schema as _sqlite_schema
 
 __all__ = (
     "NOW",
