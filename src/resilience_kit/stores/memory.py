@@ -2,7 +2,8 @@
 
 For tests, examples and single-process tools. Nothing survives the process; use
 `resilience_kit.stores.sqlite.SQLiteStore` (the embedded default) or PostgreSQL to keep
-messages across restarts.
+messages across restarts. The in-memory stores that breakers and caches use by default,
+`InMemoryBreakerStore` and `InMemoryCacheStore`, are here too.
 
 Examples:
     >>> from resilience_kit.messaging import Event, Outbox
@@ -18,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from resilience_kit.caching import InMemoryCacheStore as InMemoryCacheStore
 from resilience_kit.clock import Clock
+from resilience_kit.policies import InMemoryBreakerStore as InMemoryBreakerStore
 from resilience_kit.policies._base import resolve_clock
 from resilience_kit.stores._memory_dead_letters import MemoryDeadLetterStore
 from resilience_kit.stores._memory_idempotency import MemoryIdempotencyStore
@@ -26,7 +29,13 @@ from resilience_kit.stores._memory_inbox import MemoryInboxStore
 from resilience_kit.stores._memory_outbox import MemoryOutboxStore
 from resilience_kit.stores._memory_transaction import MemoryTransaction
 
-__all__ = ("MemoryIdempotencyStore", "MemoryStore", "MemoryTransaction")
+__all__ = (
+    "InMemoryBreakerStore",
+    "InMemoryCacheStore",
+    "MemoryIdempotencyStore",
+    "MemoryStore",
+    "MemoryTransaction",
+)
 
 
 class MemoryStore:
