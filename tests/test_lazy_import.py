@@ -47,6 +47,19 @@ def test_importing_a_policy_loads_only_the_policies() -> None:
     modules = loaded_after("from resilience_kit import RetryPolicy, CircuitBreaker, Pipeline")
     assert "resilience_kit.policies" in modules
     assert heavy(modules) == set()
+    assert not {name for name in modules if name.startswith("opentelemetry")}
+
+
+def test_opentelemetry_loads_when_a_policy_first_records() -> None:
+    modules = loaded_after("""
+        from resilience_kit import Backoff, RetryPolicy
+        failures = [ValueError()]
+        def flaky():
+            if failures:
+                raise failures.pop()
+        RetryPolicy(attempts=2, on=ValueError, backoff=Backoff.none()).call(flaky)
+    """)
+    assert {"opentelemetry.metrics", "opentelemetry.trace"} <= modules
 
 
 def test_importing_an_error_loads_only_the_errors() -> None:
