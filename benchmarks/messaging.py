@@ -168,7 +168,7 @@ class NullPublisher:
 def fill(store: Any, rows: int) -> None:
     entries = [OutboxEntry.of("orders", make_event(n)) for n in range(rows)]
     for start in range(0, rows, 1000):
-        anyio.run(store.outbox.add_async, None, entries[start : start + 1000])
+        anyio.run(store.outbox.aadd, None, entries[start : start + 1000])
 
 
 async def raw_limit(store: Any) -> int:

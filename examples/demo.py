@@ -29,9 +29,7 @@ from resilience_kit import (
     Fallback,
     Pipeline,
     RetryBudget,
-    RetryEvent,
     RetryPolicy,
-    StateTransition,
     Timeout,
     TimeoutExceededError,
 )
@@ -47,6 +45,7 @@ from resilience_kit.messaging import (
 from resilience_kit.stores.sqlite import SQLiteStore
 from resilience_kit.testing import ChaosFault, ChaosLatency, VirtualClock
 from resilience_kit.transports import MemoryBus
+from resilience_kit.typing import RetryEvent, StateTransition
 
 clock = VirtualClock()
 

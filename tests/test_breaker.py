@@ -17,16 +17,14 @@ import pytest
 
 from resilience_kit import (
     Backoff,
-    BreakerMetrics,
-    BreakerRecord,
     CircuitBreaker,
     CircuitOpenError,
     CircuitState,
     ConfigurationError,
-    InMemoryBreakerStore,
-    StateTransition,
 )
+from resilience_kit.stores.memory import InMemoryBreakerStore
 from resilience_kit.testing import VirtualClock, use_clock
+from resilience_kit.typing import BreakerMetrics, BreakerRecord, StateTransition
 
 CLOSED = CircuitState.CLOSED
 OPEN = CircuitState.OPEN

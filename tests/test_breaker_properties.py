@@ -17,14 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from resilience_kit import (
-    Backoff,
-    CircuitBreaker,
-    CircuitOpenError,
-    CircuitState,
-    StateTransition,
-)
+from resilience_kit import Backoff, CircuitBreaker, CircuitOpenError, CircuitState
 from resilience_kit.testing import VirtualClock
+from resilience_kit.typing import StateTransition
 
 CLOSED = CircuitState.CLOSED
 OPEN = CircuitState.OPEN

@@ -18,11 +18,11 @@ from resilience_kit import (
     CircuitState,
     Fallback,
     Pipeline,
-    Policy,
     RetryPolicy,
     Timeout,
 )
 from resilience_kit.testing import ChaosFault, ChaosLatency, ChaosResult, VirtualClock
+from resilience_kit.typing import Policy
 
 
 def _everything_matches(exc: BaseException) -> bool:

@@ -33,6 +33,7 @@ MODULES = [
     "resilience_kit.transports",
     "resilience_kit.transports.memory",
     "resilience_kit.cli",
+    "resilience_kit.typing",  # last: its names are re-exports, met first where defined
 ]
 
 

@@ -47,8 +47,15 @@ def test_hierarchy() -> None:
     assert not issubclass(RetryExhaustedError, (ValueError, TimeoutError))
 
 
-def test_every_public_error_is_exported_at_the_top_level() -> None:
-    for name in errors.__all__:
+def test_every_public_error_is_in_errors_and_the_top_level_keeps_the_caught_ones() -> None:
+    top_level_errors = {
+        name
+        for name in resilience_kit.__all__
+        if isinstance(value := getattr(resilience_kit, name), type)
+        and issubclass(value, BaseException)
+    }
+    assert len(top_level_errors) == 12
+    for name in top_level_errors:
         assert getattr(resilience_kit, name) is getattr(errors, name)
     assert set(errors.__all__) == {
         name

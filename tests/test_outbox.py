@@ -7,7 +7,8 @@ import uuid
 import anyio
 import pytest
 
-from resilience_kit import ConfigurationError, EventTooLargeError
+from resilience_kit import ConfigurationError
+from resilience_kit.errors import EventTooLargeError
 from resilience_kit.messaging import Event, Inbox, Outbox
 from resilience_kit.stores.memory import MemoryStore
 
@@ -75,15 +76,15 @@ async def test_inbox_marks_inside_a_memory_transaction() -> None:
     inbox = Inbox(store.inbox, consumer="billing")
     one = event()
     with store.transaction() as transaction:
-        assert await inbox.mark_async(transaction, one)
+        assert await inbox.amark(transaction, one)
     assert await inbox.seen(one)
     assert await inbox.purge(older_than=0) == 1
 
 
-async def test_outbox_add_async_in_a_transaction() -> None:
+async def test_outbox_aadd_in_a_transaction() -> None:
     store = MemoryStore()
     with store.transaction() as transaction:
-        await Outbox(store.outbox, topic="t").add_async(transaction, event())
+        await Outbox(store.outbox, topic="t").aadd(transaction, event())
         assert (await store.outbox.status()).pending == 0  # not before the commit
     assert (await store.outbox.status()).pending == 1
     with pytest.raises(TypeError, match=r"MemoryStore\.transaction"):

@@ -19,13 +19,13 @@ from resilience_kit import (
     ConfigurationError,
     Fallback,
     Pipeline,
-    Policy,
     RetryPolicy,
     Timeout,
     TimeoutExceededError,
 )
 from resilience_kit.policies._base import P, R
 from resilience_kit.testing import ChaosFault, ChaosLatency, VirtualClock
+from resilience_kit.typing import Policy
 
 
 class Recorder(Policy):

@@ -312,39 +312,39 @@ def test_add_refuses_what_is_not_a_psycopg_connection(store: PostgresStore) -> N
 @pytest.mark.anyio
 async def test_add_without_a_connection_commits_on_its_own(store: PostgresStore) -> None:
     store.outbox.add(None, [entry("a")])
-    await store.outbox.add_async(None, [entry("b"), entry("c")])
-    await store.outbox.add_async(None, [])
+    await store.outbox.aadd(None, [entry("b"), entry("c")])
+    await store.outbox.aadd(None, [])
     assert sorted(keys_of(await store.outbox.claim(limit=10, lease_for=30))) == ["a", "b", "c"]
 
 
 @pytest.mark.anyio
-async def test_add_async_with_a_sync_connection_uses_a_worker_thread(
+async def test_aadd_with_a_sync_connection_uses_a_worker_thread(
     postgres_url: str, store: PostgresStore
 ) -> None:
     with psycopg.connect(postgres_url) as connection:
         with connection.transaction():
-            await store.outbox.add_async(connection, [entry("k")])
-            assert await store.inbox.mark_async(connection, "billing", uuid.uuid4())
+            await store.outbox.aadd(connection, [entry("k")])
+            assert await store.inbox.amark(connection, "billing", uuid.uuid4())
     assert keys_of(await store.outbox.claim(limit=10, lease_for=30)) == ["k"]
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # psycopg's async API is asyncio-only
 @pytest.mark.anyio
-async def test_add_async_and_mark_async_in_an_async_connections_transaction(
+async def test_aadd_and_amark_in_an_async_connections_transaction(
     postgres_url: str, store: PostgresStore
 ) -> None:
     event_id = uuid.uuid4()
     async with await psycopg.AsyncConnection.connect(postgres_url) as connection:
         with pytest.raises(RuntimeError):
             async with connection.transaction():
-                await store.outbox.add_async(connection, [entry("gone")])
-                assert await store.inbox.mark_async(connection, "billing", event_id)
+                await store.outbox.aadd(connection, [entry("gone")])
+                assert await store.inbox.amark(connection, "billing", event_id)
                 raise RuntimeError("rolled back")
         async with connection.transaction():
-            await store.outbox.add_async(connection, [entry("k1"), entry("k2")])
-            assert await store.inbox.mark_async(connection, "billing", event_id)
-            assert not await store.inbox.mark_async(connection, "billing", event_id)
-        with pytest.raises(TypeError, match="add_async"):
+            await store.outbox.aadd(connection, [entry("k1"), entry("k2")])
+            assert await store.inbox.amark(connection, "billing", event_id)
+            assert not await store.inbox.amark(connection, "billing", event_id)
+        with pytest.raises(TypeError, match="aadd"):
             store.outbox.add(connection, [entry("k")])
     assert keys_of(await store.outbox.claim(limit=10, lease_for=30)) == ["k1", "k2"]
 

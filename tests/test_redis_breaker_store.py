@@ -10,14 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from resilience_kit import (
-    CircuitBreaker,
-    CircuitOpenError,
-    CircuitState,
-    ConfigurationError,
-    StateTransition,
-)
+from resilience_kit import CircuitBreaker, CircuitOpenError, CircuitState, ConfigurationError
 from resilience_kit.testing import VirtualClock
+from resilience_kit.typing import StateTransition
 from tests.servers import free_port, redis_server
 
 redis = pytest.importorskip("redis", reason="the redis extra is not installed")

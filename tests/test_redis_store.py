@@ -365,7 +365,7 @@ async def test_mark_refuses_to_pretend_it_joins_a_transaction(store: RedisStore)
     with pytest.raises(TypeError, match=r"inbox\.record"):
         store.inbox.mark(None, "billing", uuid.uuid4())
     with pytest.raises(TypeError, match="SQL store"):
-        await store.inbox.mark_async(object(), "billing", uuid.uuid4())
+        await store.inbox.amark(object(), "billing", uuid.uuid4())
 
 
 def _age(client: Any, key: str, member: str, seconds: float) -> None:

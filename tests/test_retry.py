@@ -26,13 +26,12 @@ from resilience_kit import (
     CircuitOpenError,
     ConfigurationError,
     RetryBudget,
-    RetryEvent,
     RetryExhaustedError,
     RetryPolicy,
-    retry_after_hint,
 )
-from resilience_kit.policies import _retry
+from resilience_kit.policies import _retry, retry_after_hint
 from resilience_kit.testing import VirtualClock, no_wait, use_clock
+from resilience_kit.typing import RetryEvent
 
 
 class Script:

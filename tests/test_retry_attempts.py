@@ -9,16 +9,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from resilience_kit import (
-    Attempt,
-    Attempts,
-    Backoff,
-    RetryBudget,
-    RetryEvent,
-    RetryExhaustedError,
-    RetryPolicy,
-)
+from resilience_kit import Attempt, Attempts, Backoff, RetryBudget, RetryExhaustedError, RetryPolicy
 from resilience_kit.testing import VirtualClock, no_wait, use_clock
+from resilience_kit.typing import RetryEvent
 
 
 class CountingClock(VirtualClock):

@@ -475,7 +475,7 @@ async def test_wait_for_rows_wakes_when_this_store_adds_rows(store: SQLiteStore)
         async with anyio.create_task_group() as group:
             group.start_soon(store.outbox.wait_for_rows, HOUR)
             await anyio.wait_all_tasks_blocked()
-            await store.outbox.add_async(None, [entry()])
+            await store.outbox.aadd(None, [entry()])
     assert len(await store.outbox.claim(limit=10, lease_for=HOUR)) == 1
 
 

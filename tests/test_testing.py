@@ -16,13 +16,13 @@ from resilience_kit import (
     CircuitBreaker,
     CircuitOpenError,
     ConfigurationError,
-    InjectedFaultError,
     RetryPolicy,
     Timeout,
     TimeoutExceededError,
     _config,
 )
 from resilience_kit.clock import Clock, SystemClock, TimerClock, get_clock
+from resilience_kit.errors import InjectedFaultError
 from resilience_kit.testing import (
     ChaosFault,
     ChaosLatency,

@@ -78,7 +78,7 @@ def ring(clock: VirtualClock) -> Keyring:
 
 def rejected(verifier: VersionedTokenVerifier, token: object) -> TokenRejectedError:
     with pytest.raises(TokenRejectedError) as info:
-        verifier.verify_sync(token)  # type: ignore[arg-type]
+        verifier.verify(token)  # type: ignore[arg-type]
     return info.value
 
 
@@ -268,7 +268,7 @@ def test_issuer_per_token_lifetime_and_audience(ring: Keyring, clock: VirtualClo
     issuer = TokenIssuer(ring, lifetime=600.0, clock=clock)
     verifier = VersionedTokenVerifier(ring, audience=["a", "b"], clock=clock)
     token = issuer.issue(lifetime=30.0, audience=["b", "c"])
-    verified = verifier.verify_sync(token)
+    verified = verifier.verify(token)
     assert verified.expires_at == START + 30
     assert verified.claims["aud"] == ("b", "c")
     assert verified.subject is None
@@ -327,13 +327,13 @@ def test_issue_refuses_what_it_cannot_sign(clock: VirtualClock) -> None:
 def test_verify_then_serve_from_cache(ring: Keyring, clock: VirtualClock) -> None:
     token = TokenIssuer(ring, clock=clock).issue("ada", claims={"roles": ["x"]})
     verifier = VersionedTokenVerifier(ring, clock=clock)
-    first = verifier.verify_sync(token)
+    first = verifier.verify(token)
     assert isinstance(first, VerifiedToken)
     assert (first.kind, first.key_version, first.algorithm) == ("compact", "v1", "HS256")
     assert first.subject == "ada"
     assert first.expires_at == START + 900
     assert first.from_cache is False
-    second = verifier.verify_sync(token)
+    second = verifier.verify(token)
     assert second.from_cache is True
     assert second.claims == first.claims
     assert verifier.cached_tokens == 1
@@ -347,36 +347,36 @@ def test_cached_claims_cannot_be_changed_by_one_caller_for_the_next(
 ) -> None:
     token = sign_compact("v1", SECRET_1, claims_now(roles=["reader"], org={"id": 7, "tags": ["a"]}))
     verifier = VersionedTokenVerifier(ring, clock=clock)
-    first = verifier.verify_sync(token)
+    first = verifier.verify(token)
     assert first.claims["roles"] == ("reader",)
     with pytest.raises(AttributeError):
         first.claims["roles"].append("admin")
     with pytest.raises(TypeError):
         first.claims["org"]["id"] = 1
-    assert verifier.verify_sync(token).claims["org"]["tags"] == ("a",)
+    assert verifier.verify(token).claims["org"]["tags"] == ("a",)
 
 
 @pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview])
 def test_bytes_tokens_are_accepted(ring: Keyring, clock: VirtualClock, wrap: Any) -> None:
     token = TokenIssuer(ring, clock=clock).issue("ada")
     verifier = VersionedTokenVerifier(ring, clock=clock)
-    assert verifier.verify_sync(wrap(token.encode())).subject == "ada"
-    assert verifier.verify_sync(wrap(token.encode())).from_cache is True
+    assert verifier.verify(wrap(token.encode())).subject == "ada"
+    assert verifier.verify(wrap(token.encode())).from_cache is True
 
 
 @pytest.mark.anyio
 async def test_async_and_sync_paths_agree(ring: Keyring, clock: VirtualClock) -> None:
     token = TokenIssuer(ring, clock=clock).issue("ada")
     verifier = VersionedTokenVerifier(ring, clock=clock)
-    verified = await verifier.verify(token)
+    verified = await verifier.averify(token)
     assert verified.from_cache is False
-    assert (await verifier.verify(token)).from_cache is True
-    assert verifier.verify_sync(token).claims == verified.claims
+    assert (await verifier.averify(token)).from_cache is True
+    assert verifier.verify(token).claims == verified.claims
     with pytest.raises(TokenKeyError) as info:
-        await verifier.verify(sign_compact("v9", SECRET_1, claims_now()))
+        await verifier.averify(sign_compact("v9", SECRET_1, claims_now()))
     assert info.value.reason == "unknown_key"
     with pytest.raises(MalformedTokenError):
-        await verifier.verify(42)  # type: ignore[arg-type]
+        await verifier.averify(42)  # type: ignore[arg-type]
 
 
 def test_the_global_test_clock_is_followed(ring: Keyring) -> None:
@@ -384,7 +384,7 @@ def test_the_global_test_clock_is_followed(ring: Keyring) -> None:
     with use_clock(clock):
         token = TokenIssuer(ring).issue("ada", lifetime=60.0)
         verifier = VersionedTokenVerifier(ring)
-        assert verifier.verify_sync(token).from_cache is False
+        assert verifier.verify(token).from_cache is False
         clock.advance(61.0)
         assert rejected(verifier, token).reason == "expired"
 
@@ -395,20 +395,20 @@ def test_the_global_test_clock_is_followed(ring: Keyring) -> None:
 def test_cache_entries_live_for_the_ttl(ring: Keyring, clock: VirtualClock) -> None:
     token = TokenIssuer(ring, clock=clock, lifetime=900.0).issue("ada")
     verifier = VersionedTokenVerifier(ring, cache_ttl=300.0, clock=clock)
-    verifier.verify_sync(token)
+    verifier.verify(token)
     clock.advance(299.0)
-    assert verifier.verify_sync(token).from_cache is True
+    assert verifier.verify(token).from_cache is True
     clock.advance(1.0)
-    assert verifier.verify_sync(token).from_cache is False  # re-verified, cached again
-    assert verifier.verify_sync(token).from_cache is True
+    assert verifier.verify(token).from_cache is False  # re-verified, cached again
+    assert verifier.verify(token).from_cache is True
 
 
 def test_cache_never_outlives_the_tokens_exp(ring: Keyring, clock: VirtualClock) -> None:
     token = TokenIssuer(ring, clock=clock).issue("ada", lifetime=60.0)
     verifier = VersionedTokenVerifier(ring, cache_ttl=300.0, clock=clock)
-    verifier.verify_sync(token)
+    verifier.verify(token)
     clock.advance(59.9)
-    assert verifier.verify_sync(token).from_cache is True
+    assert verifier.verify(token).from_cache is True
     clock.advance(0.1)
     assert rejected(verifier, token).reason == "expired"
 
@@ -418,9 +418,9 @@ def test_cache_never_outlives_a_scheduled_retirement(ring: Keyring, clock: Virtu
     ring.retire("v2", after=100.0)
     token = sign_compact("v2", SECRET_2, claims_now())
     verifier = VersionedTokenVerifier(ring, cache_ttl=300.0, clock=clock)
-    assert verifier.verify_sync(token).key_version == "v2"
+    assert verifier.verify(token).key_version == "v2"
     clock.advance(99.0)
-    assert verifier.verify_sync(token).from_cache is True
+    assert verifier.verify(token).from_cache is True
     clock.advance(1.0)
     err = rejected(verifier, token)
     assert (err.reason, err.key_version) == ("retired_key", "v2")
@@ -431,19 +431,19 @@ def test_a_keyring_change_makes_cached_tokens_reverify(ring: Keyring, clock: Vir
     old = sign_compact("v1", SECRET_1, claims_now())
     new = sign_compact("v2", SECRET_2, claims_now())
     verifier = VersionedTokenVerifier(ring, clock=clock)
-    verifier.verify_sync(old)
-    verifier.verify_sync(new)
+    verifier.verify(old)
+    verifier.verify(new)
     ring.retire("v1")  # at once: the cache must not keep serving v1
     assert rejected(verifier, old).reason == "retired_key"
-    assert verifier.verify_sync(new).from_cache is False
-    assert verifier.verify_sync(new).from_cache is True
+    assert verifier.verify(new).from_cache is False
+    assert verifier.verify(new).from_cache is True
 
 
 def test_no_cache_when_ttl_is_zero(ring: Keyring, clock: VirtualClock) -> None:
     token = TokenIssuer(ring, clock=clock).issue("ada")
     verifier = VersionedTokenVerifier(ring, cache_ttl=0, clock=clock)
-    assert verifier.verify_sync(token).from_cache is False
-    assert verifier.verify_sync(token).from_cache is False
+    assert verifier.verify(token).from_cache is False
+    assert verifier.verify(token).from_cache is False
     assert verifier.cached_tokens == 0
 
 
@@ -452,10 +452,10 @@ def test_cache_is_bounded_and_drops_the_oldest(ring: Keyring, clock: VirtualCloc
     verifier = VersionedTokenVerifier(ring, cache_size=3, clock=clock)
     tokens = [issuer.issue(f"user{i}") for i in range(5)]
     for token in tokens:
-        verifier.verify_sync(token)
+        verifier.verify(token)
     assert verifier.cached_tokens == 3
-    assert verifier.verify_sync(tokens[4]).from_cache is True
-    assert verifier.verify_sync(tokens[0]).from_cache is False
+    assert verifier.verify(tokens[4]).from_cache is True
+    assert verifier.verify(tokens[0]).from_cache is False
     verifier.clear_cache()
     assert verifier.cached_tokens == 0
 
@@ -463,12 +463,12 @@ def test_cache_is_bounded_and_drops_the_oldest(ring: Keyring, clock: VirtualCloc
 def test_tokens_without_exp_are_cached_for_the_ttl_only(ring: Keyring, clock: VirtualClock) -> None:
     token = sign_compact("v1", SECRET_1, {"sub": "ada"})
     verifier = VersionedTokenVerifier(ring, require=(), cache_ttl=10.0, clock=clock)
-    verified = verifier.verify_sync(token)
+    verified = verifier.verify(token)
     assert verified.expires_at is None
     clock.advance(9.0)
-    assert verifier.verify_sync(token).from_cache is True
+    assert verifier.verify(token).from_cache is True
     clock.advance(1.0)
-    assert verifier.verify_sync(token).from_cache is False
+    assert verifier.verify(token).from_cache is False
 
 
 # -- revocation -----------------------------------------------------------------------------
@@ -478,20 +478,20 @@ def test_revoking_a_cached_token_rejects_it_at_once(ring: Keyring, clock: Virtua
     issuer = TokenIssuer(ring, clock=clock)
     token, other = issuer.issue("ada"), issuer.issue("bob")
     verifier = VersionedTokenVerifier(ring, clock=clock)
-    verifier.verify_sync(token)
-    verifier.verify_sync(other)
+    verifier.verify(token)
+    verifier.verify(other)
     verifier.revoke(token)
     err = rejected(verifier, token)
     assert isinstance(err, TokenRevokedError)
     assert err.reason == "revoked"
-    assert verifier.verify_sync(other).from_cache is True  # only that token went
+    assert verifier.verify(other).from_cache is True  # only that token went
 
 
 def test_revoking_a_jti_rejects_every_token_carrying_it(ring: Keyring, clock: VirtualClock) -> None:
     token = sign_compact("v1", SECRET_1, claims_now(jti="session-42"))
     twin = sign_compact("v1", SECRET_1, claims_now(jti="session-42", extra=1))
     verifier = VersionedTokenVerifier(ring, clock=clock)
-    verifier.verify_sync(token)
+    verifier.verify(token)
     verifier.revoke("session-42")
     assert rejected(verifier, token).reason == "revoked"
     assert rejected(verifier, twin).reason == "revoked"
@@ -587,7 +587,7 @@ def test_a_str_subclass_is_treated_as_a_plain_str(ring: Keyring, clock: VirtualC
 
     token = TokenIssuer(ring, clock=clock).issue("ada")
     verifier = VersionedTokenVerifier(ring, clock=clock)
-    assert verifier.verify_sync(Sneaky(token)).subject == "ada"
+    assert verifier.verify(Sneaky(token)).subject == "ada"
 
 
 def test_max_token_size_is_configurable(ring: Keyring, clock: VirtualClock) -> None:
@@ -661,18 +661,18 @@ def test_expiry_and_not_before_with_leeway(ring: Keyring, clock: VirtualClock) -
     lenient = VersionedTokenVerifier(ring, leeway=30.0, clock=clock, cache_ttl=0)
     expired = sign_compact("v1", SECRET_1, {"exp": now - 10})
     assert isinstance(rejected(strict, expired), TokenExpiredError)
-    assert lenient.verify_sync(expired).expires_at == now - 10
+    assert lenient.verify(expired).expires_at == now - 10
     assert rejected(lenient, sign_compact("v1", SECRET_1, {"exp": now - 30})).reason == "expired"
     assert rejected(strict, sign_compact("v1", SECRET_1, {"exp": now})).reason == "expired"
     early = sign_compact("v1", SECRET_1, {"exp": now + 100, "nbf": now + 10})
     err = rejected(strict, early)
     assert isinstance(err, TokenNotYetValidError)
     assert err.reason == "not_yet_valid"
-    assert lenient.verify_sync(early).subject is None
+    assert lenient.verify(early).subject is None
     future_iat = sign_compact("v1", SECRET_1, {"exp": now + 100, "iat": now + 60})
     assert rejected(lenient, future_iat).reason == "not_yet_valid"
     clock.advance(10.0)
-    assert strict.verify_sync(early).claims["nbf"] == now + 10
+    assert strict.verify(early).claims["nbf"] == now + 10
 
 
 @pytest.mark.parametrize(
@@ -708,7 +708,7 @@ def test_issuer_and_audience(ring: Keyring, clock: VirtualClock) -> None:
         return rejected(verifier, sign_compact("v1", SECRET_1, claims_now(**claims))).reason
 
     good = sign_compact("v1", SECRET_1, claims_now(iss="idp-b", aud=["web", "api"]))
-    assert verifier.verify_sync(good).claims["iss"] == "idp-b"
+    assert verifier.verify(good).claims["iss"] == "idp-b"
     assert reason(iss="evil", aud="api") == "issuer"
     assert reason(aud="api") == "missing_claim"
     assert reason(iss="idp-a") == "missing_claim"
@@ -765,11 +765,11 @@ async def test_a_bug_in_a_key_source_is_still_a_token_rejection() -> None:
     verifier = VersionedTokenVerifier(BrokenKeys())
     token = sign_compact("v1", SECRET_1, claims_now())
     with pytest.raises(MalformedTokenError) as info:
-        await verifier.verify(token)
+        await verifier.averify(token)
     assert info.value.key_version == "v1"
     assert isinstance(info.value.__cause__, RuntimeError)
     with pytest.raises(MalformedTokenError):
-        verifier.verify_sync(token)
+        verifier.verify(token)
 
 
 # -- rotation during a rolling deploy ---------------------------------------------------------
@@ -787,7 +787,7 @@ class Pod:
 
     def accepts(self, token: str) -> bool | str:
         try:
-            self.verifier.verify_sync(token)
+            self.verifier.verify(token)
         except TokenRejectedError as exc:
             return exc.reason
         return True
@@ -874,7 +874,7 @@ def test_scheduled_retirement_after_the_lifetime(clock: VirtualClock) -> None:
     pod.activate_v2()
     pod.ring.retire("v1", after=pod.issuer.lifetime)
     # the last v1 token expires no later than v1 retires: nothing valid is refused
-    expires_at = pod.verifier.verify_sync(live).expires_at
+    expires_at = pod.verifier.verify(live).expires_at
     assert expires_at is not None
     assert expires_at <= pod.ring.find("v1").retire_at  # type: ignore[operator,union-attr]
     clock.advance(599.0)
@@ -906,11 +906,11 @@ def test_the_compact_format_and_hs256_jwts_need_no_pyjwt(clock: VirtualClock) ->
     ring = Keyring(clock=clock)
     ring.add("v1", SECRET_1, state=KeyState.ACTIVE)
     verifier = VersionedTokenVerifier(ring, clock=clock)
-    assert verifier.verify_sync(TokenIssuer(ring, clock=clock).issue("ada")).subject == "ada"
+    assert verifier.verify(TokenIssuer(ring, clock=clock).issue("ada")).subject == "ada"
     header = b64(b'{"alg":"HS256","kid":"v1","typ":"JWT"}')
     payload = b64(json.dumps(claims_now()).encode())
     signature = hmac.new(SECRET_1, f"{header}.{payload}".encode(), hashlib.sha256).digest()
-    assert verifier.verify_sync(f"{header}.{payload}.{b64(signature)}").kind == "jwt"
+    assert verifier.verify(f"{header}.{payload}.{b64(signature)}").kind == "jwt"
     with pytest.raises(ConfigurationError, match=r"resilience-patterns\[jwt\]"):
         ring.add("r1", b"-----BEGIN PUBLIC KEY-----", algorithm="RS256")
     with pytest.raises(ConfigurationError) as info:
@@ -940,8 +940,8 @@ def test_a_token_within_the_leeway_past_exp_is_accepted_but_not_cached(
 ) -> None:
     verifier = VersionedTokenVerifier(ring, leeway=30.0, clock=clock)
     token = sign_compact("v1", SECRET_1, {"exp": int(START) - 5})
-    assert verifier.verify_sync(token).from_cache is False
-    assert verifier.verify_sync(token).from_cache is False
+    assert verifier.verify(token).from_cache is False
+    assert verifier.verify(token).from_cache is False
     assert verifier.cached_tokens == 0
 
 
@@ -980,14 +980,14 @@ class FlakyKeys:
 async def test_failures_while_fetching_keys_fail_closed() -> None:
     token = sign_compact("v1", SECRET_1, claims_now())
     with pytest.raises(ValidatorUnavailableError) as info:
-        VersionedTokenVerifier(FlakyKeys()).verify_sync(token)
+        VersionedTokenVerifier(FlakyKeys()).verify(token)
     assert info.value.reason == "keys_unavailable"
     verifier = VersionedTokenVerifier(FlakyKeys(fetch_error=OSError("down")))
     with pytest.raises(ValidatorUnavailableError) as info:
-        await verifier.verify(token)
+        await verifier.averify(token)
     assert (info.value.reason, info.value.key_version) == ("keys_unavailable", "v1")
     assert "OSError" in str(info.value)
     verifier = VersionedTokenVerifier(FlakyKeys(fetch_error=TokenKeyError("no", key_version="k")))
     with pytest.raises(TokenKeyError) as key_info:
-        await verifier.verify(token)
+        await verifier.averify(token)
     assert key_info.value.key_version == "k"  # a version already set is kept

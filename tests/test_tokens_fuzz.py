@@ -88,13 +88,13 @@ def world() -> World:
             tokens.append(jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid}))
     verifier = VersionedTokenVerifier(ring, cache_ttl=0, clock=clock, max_token_size=4096)
     for token in tokens:  # the pool is valid to begin with
-        assert isinstance(verifier.verify_sync(token), VerifiedToken)
+        assert isinstance(verifier.verify(token), VerifiedToken)
     return World(verifier, tokens, [key.version for key in ring], pems)
 
 
 def assert_rejected(verifier: VersionedTokenVerifier, token: object) -> None:
     with pytest.raises(TokenRejectedError) as info:
-        verified = verifier.verify_sync(token)  # type: ignore[arg-type]
+        verified = verifier.verify(token)  # type: ignore[arg-type]
         pytest.fail(f"accepted a mutant: {token!r} -> {verified!r}")
     assert type(info.value) is not TokenRejectedError  # always a specific subclass
     assert info.value.reason in type(info.value).reasons
@@ -293,7 +293,7 @@ def test_any_signed_claims_verify_or_are_rejected_cleanly(
     digest = hmac.new(SECRET, signing_input.encode(), hashlib.sha256).digest()
     token = f"{signing_input}.{b64(digest)}"
     try:
-        verified = world.verifier.verify_sync(token)
+        verified = world.verifier.verify(token)
     except TokenRejectedError as exc:
         rejection: TokenRejectedError | None = exc
     else:
@@ -315,4 +315,4 @@ async def test_the_async_driver_rejects_mutants_too(world: World, data: st.DataO
     mutant = mutate(token, data, world)
     assume(mutant != token)
     with pytest.raises(TokenRejectedError):
-        await world.verifier.verify(mutant)
+        await world.verifier.averify(mutant)

@@ -121,14 +121,14 @@ def test_pyjwt_issued_tokens_verify(
         headers={"kid": algorithm.lower()},
     )
     verifier = VersionedTokenVerifier(ring, clock=clock)
-    verified = verifier.verify_sync(token)
+    verified = verifier.verify(token)
     assert dict(verified.claims) == claims(role="admin")
     assert (verified.kind, verified.key_version, verified.algorithm) == (
         "jwt",
         algorithm.lower(),
         algorithm,
     )
-    assert verifier.verify_sync(token).from_cache is True
+    assert verifier.verify(token).from_cache is True
 
 
 @pytest.mark.anyio
@@ -139,7 +139,7 @@ async def test_pyjwt_issued_tokens_verify_async(
     token = jwt.encode(
         claims(), keys[algorithm], algorithm=algorithm, headers={"kid": algorithm.lower()}
     )
-    verified = await VersionedTokenVerifier(ring, clock=clock).verify(token)
+    verified = await VersionedTokenVerifier(ring, clock=clock).averify(token)
     assert verified.subject == "ada"
 
 
@@ -156,7 +156,7 @@ def test_our_jwts_decode_with_pyjwt(keys: dict[str, Any], algorithm: str) -> Non
     assert decoded["sub"] == "ada"
     assert decoded["role"] == "admin"
     verifier = VersionedTokenVerifier(ring, issuer="idp", audience="api")
-    assert verifier.verify_sync(token).claims["role"] == "admin"
+    assert verifier.verify(token).claims["role"] == "admin"
 
 
 @pytest.mark.parametrize("algorithm", ["RS256", "ES256", "EdDSA"])
@@ -169,7 +169,7 @@ def test_a_tampered_jwt_fails(
     header, _, signature = token.split(".")
     forged = f"{header}.{b64(json.dumps(claims(sub='root')).encode())}.{signature}"
     with pytest.raises(TokenRejectedError) as info:
-        VersionedTokenVerifier(ring, clock=clock).verify_sync(forged)
+        VersionedTokenVerifier(ring, clock=clock).verify(forged)
     assert info.value.reason == "bad_signature"
     assert info.value.key_version == algorithm.lower()
 
@@ -182,11 +182,11 @@ def test_alg_none_is_never_accepted(ring: Keyring, clock: VirtualClock, alg: str
     for kid in ("hs256", "rs256", "unknown"):
         token = forge({"alg": alg, "kid": kid, "typ": "JWT"}, claims())
         with pytest.raises(TokenAlgorithmError) as info:
-            VersionedTokenVerifier(ring, clock=clock).verify_sync(token)
+            VersionedTokenVerifier(ring, clock=clock).verify(token)
         assert info.value.reason == "algorithm_not_allowed"
     pyjwt_none = jwt.encode(claims(), None, algorithm="none", headers={"kid": "rs256"})
     with pytest.raises(TokenAlgorithmError):
-        VersionedTokenVerifier(ring, clock=clock).verify_sync(pyjwt_none)
+        VersionedTokenVerifier(ring, clock=clock).verify(pyjwt_none)
 
 
 def test_the_public_key_used_as_an_hmac_secret_is_refused(
@@ -202,7 +202,7 @@ def test_the_public_key_used_as_an_hmac_secret_is_refused(
             lambda data, secret=public_pem: hmac.new(secret, data, hashlib.sha256).digest(),
         )
         with pytest.raises(TokenAlgorithmError) as info:
-            verifier.verify_sync(token)
+            verifier.verify(token)
         assert "pinned to" in str(info.value)
 
 
@@ -211,10 +211,10 @@ def test_an_hmac_key_never_verifies_an_asymmetric_token(
 ) -> None:
     token = jwt.encode(claims(), keys["RS256"], algorithm="RS256", headers={"kid": "hs256"})
     with pytest.raises(TokenAlgorithmError):
-        VersionedTokenVerifier(ring, clock=clock).verify_sync(token)
+        VersionedTokenVerifier(ring, clock=clock).verify(token)
     token = jwt.encode(claims(), keys["ES256"], algorithm="ES256", headers={"kid": "rs256"})
     with pytest.raises(TokenAlgorithmError):
-        VersionedTokenVerifier(ring, clock=clock).verify_sync(token)
+        VersionedTokenVerifier(ring, clock=clock).verify(token)
 
 
 @pytest.mark.parametrize(
@@ -239,10 +239,10 @@ def test_a_verifier_can_narrow_the_algorithms(
 ) -> None:
     verifier = VersionedTokenVerifier(ring, algorithms=["ES256", "EdDSA"], clock=clock)
     ok = jwt.encode(claims(), keys["ES256"], algorithm="ES256", headers={"kid": "es256"})
-    assert verifier.verify_sync(ok).algorithm == "ES256"
+    assert verifier.verify(ok).algorithm == "ES256"
     refused = jwt.encode(claims(), keys["RS256"], algorithm="RS256", headers={"kid": "rs256"})
     with pytest.raises(TokenAlgorithmError):
-        verifier.verify_sync(refused)
+        verifier.verify(refused)
 
 
 # -- keys and headers ----------------------------------------------------------------------------
@@ -261,9 +261,9 @@ def test_keys_as_pem_text_or_jwk(clock: VirtualClock, keys: dict[str, Any]) -> N
     verifier = VersionedTokenVerifier(ring, clock=clock)
     for kid, algorithm in (("pem", "ES256"), ("jwk", "RS256")):
         token = jwt.encode(claims(), keys[algorithm], algorithm=algorithm, headers={"kid": kid})
-        assert verifier.verify_sync(token).key_version == kid
+        assert verifier.verify(token).key_version == kid
     ours = TokenIssuer(ring, kind="jwt", clock=clock).issue("ada")
-    assert verifier.verify_sync(ours).key_version == "priv"
+    assert verifier.verify(ours).key_version == "priv"
 
 
 def test_a_public_key_cannot_sign(clock: VirtualClock, keys: dict[str, Any]) -> None:
@@ -316,7 +316,7 @@ def test_header_problems(
     algorithm = ECAlgorithm(ECAlgorithm.SHA256)
     token = forge(header, claims(), lambda data: algorithm.sign(data, keys["ES256"]))
     with pytest.raises(TokenRejectedError) as info:
-        VersionedTokenVerifier(ring, clock=clock).verify_sync(token)
+        VersionedTokenVerifier(ring, clock=clock).verify(token)
     assert info.value.reason == reason
 
 
@@ -332,7 +332,7 @@ def test_header_problems(
 )
 def test_malformed_jwts(ring: Keyring, token: str) -> None:
     with pytest.raises(MalformedTokenError):
-        VersionedTokenVerifier(ring).verify_sync(token)
+        VersionedTokenVerifier(ring).verify(token)
 
 
 # -- rotation across algorithms, two pods ---------------------------------------------------------
@@ -355,15 +355,15 @@ def test_rolling_rotation_from_rs256_to_eddsa(clock: VirtualClock, keys: dict[st
     ring_a.activate("2026")  # step 2 reaches pod A first
     new = issue_a.issue("bob")
     assert jwt.get_unverified_header(new)["alg"] == "EdDSA"
-    assert verify_b.verify_sync(new).key_version == "2026"
-    assert verify_a.verify_sync(issue_b.issue("eve")).key_version == "2025"
+    assert verify_b.verify(new).key_version == "2026"
+    assert verify_a.verify(issue_b.issue("eve")).key_version == "2025"
     ring_b.activate("2026")
     clock.advance(300.0)
     ring_a.retire("2025")  # step 4 reaches pod A first
     with pytest.raises(TokenKeyError) as info:
-        verify_a.verify_sync(old)
+        verify_a.verify(old)
     assert info.value.reason == "retired_key"
-    assert verify_b.verify_sync(issue_a.issue("x")).algorithm == "EdDSA"
+    assert verify_b.verify(issue_a.issue("x")).algorithm == "EdDSA"
 
 
 # -- JWKS -----------------------------------------------------------------------------------------
@@ -417,7 +417,7 @@ def source_for(endpoint: FakeJWKS, clock: VirtualClock, **kwargs: Any) -> JWKSKe
 
 async def reason_of(verifier: VersionedTokenVerifier, token: str) -> str:
     try:
-        await verifier.verify(token)
+        await verifier.averify(token)
     except TokenRejectedError as exc:
         return exc.reason
     return "accepted"
@@ -430,27 +430,27 @@ async def test_jwks_keys_are_fetched_once_and_reused(
     source = source_for(endpoint, clock)
     verifier = VersionedTokenVerifier(source, clock=clock, cache_ttl=0)
     assert endpoint.calls == 0
-    assert (await verifier.verify(token_for(keys, "RS256", "rsa-1"))).key_version == "rsa-1"
+    assert (await verifier.averify(token_for(keys, "RS256", "rsa-1"))).key_version == "rsa-1"
     known = token_for(keys, "ES256", "ec-1", exp=START + 10_000)
-    assert (await verifier.verify(known)).key_version == "ec-1"
-    assert (await verifier.verify(token_for(keys, "RS256", "rsa-1", n=2))).subject == "ada"
+    assert (await verifier.averify(known)).key_version == "ec-1"
+    assert (await verifier.averify(token_for(keys, "RS256", "rsa-1", n=2))).subject == "ada"
     assert endpoint.calls == 1
     assert source.versions == ("ec-1", "rsa-1")
     assert "rsa-1" in repr(source)
 
 
 @pytest.mark.anyio
-async def test_verify_sync_uses_only_the_keys_already_fetched(
+async def test_sync_verify_uses_only_the_keys_already_fetched(
     endpoint: FakeJWKS, clock: VirtualClock, keys: dict[str, Any]
 ) -> None:
     source = source_for(endpoint, clock)
     verifier = VersionedTokenVerifier(source, clock=clock)
     token = token_for(keys, "RS256", "rsa-1")
     with pytest.raises(TokenKeyError):
-        verifier.verify_sync(token)  # no I/O on the sync path
+        verifier.verify(token)  # no I/O on the sync path
     assert endpoint.calls == 0
     assert await source.refresh() is True
-    assert verifier.verify_sync(token).key_version == "rsa-1"
+    assert verifier.verify(token).key_version == "rsa-1"
 
 
 @pytest.mark.anyio
@@ -518,7 +518,7 @@ async def test_random_kids_cause_at_most_one_fetch_per_cooldown(
     assert endpoint.calls - 1 <= elapsed / 30.0 + 1
     assert endpoint.calls > 1  # new kids do get looked up, once per cooldown
     known = token_for(keys, "ES256", "ec-1", exp=START + 10_000)
-    assert (await verifier.verify(known)).key_version == "ec-1"
+    assert (await verifier.averify(known)).key_version == "ec-1"
 
 
 @pytest.mark.anyio
@@ -570,7 +570,7 @@ async def test_a_failed_refresh_keeps_the_last_good_keys(
     assert "keeping 2 last known good keys" in caplog.text
     newcomer = token_for(keys, "ES256", "ec-2")
     with pytest.raises(ValidatorUnavailableError) as info:
-        await verifier.verify(newcomer)
+        await verifier.averify(newcomer)
     assert info.value.reason == "keys_unavailable"
     assert endpoint.calls == 2  # within the cooldown: no new attempt
     clock.advance(10.0)
@@ -646,15 +646,15 @@ async def test_a_key_that_leaves_the_set_is_retired(
     source = source_for(endpoint, clock, refresh_interval=100.0)
     verifier = VersionedTokenVerifier(source, clock=clock)
     token = token_for(keys, "ES256", "ec-1")
-    await verifier.verify(token)
-    assert (await verifier.verify(token)).from_cache is True
+    await verifier.averify(token)
+    assert (await verifier.averify(token)).from_cache is True
     generation = source.generation
     endpoint.keys = [k for k in endpoint.keys if k["kid"] != "ec-1"]
     clock.advance(100.0)
     assert await source.refresh()
     assert source.generation == generation + 1
     assert await reason_of(verifier, token) == "retired_key"  # the cache let go of it
-    assert verifier.verify_sync(token_for(keys, "RS256", "rsa-1")).key_version == "rsa-1"
+    assert verifier.verify(token_for(keys, "RS256", "rsa-1")).key_version == "rsa-1"
     endpoint.keys.append(jwk(keys["ES256"], "ec-1"))  # it comes back
     assert await source.refresh()
     assert await reason_of(verifier, token) == "accepted"
@@ -667,10 +667,10 @@ async def test_an_unchanged_key_set_keeps_the_cache(
     source = source_for(endpoint, clock, refresh_interval=60.0)
     verifier = VersionedTokenVerifier(source, clock=clock)
     token = token_for(keys, "ES256", "ec-1")
-    await verifier.verify(token)
+    await verifier.averify(token)
     clock.advance(60.0)
     assert await source.refresh()
-    assert (await verifier.verify(token)).from_cache is True
+    assert (await verifier.averify(token)).from_cache is True
 
 
 @pytest.mark.anyio
@@ -833,7 +833,7 @@ async def test_keys_from_a_real_http_endpoint(
         {"sub": "ada", "exp": now + 60}, keys["RS256"], algorithm="RS256", headers={"kid": "rsa-1"}
     )
     verifier = VersionedTokenVerifier(JWKSKeySource(jwks_server.url))
-    assert (await verifier.verify(token)).key_version == "rsa-1"
+    assert (await verifier.averify(token)).key_version == "rsa-1"
     assert jwks_server.requests == 1
 
 

@@ -53,12 +53,12 @@ def clock() -> VirtualClock:
 async def test_opaque_tokens_take_their_claims_from_the_validator(clock: VirtualClock) -> None:
     service = Introspection({"tok-ada": active("ada", scope="read")})
     verifier = VersionedTokenVerifier(validator=service, clock=clock)
-    verified = await verifier.verify("tok-ada")
+    verified = await verifier.averify("tok-ada")
     assert (verified.kind, verified.key_version, verified.algorithm) == ("opaque", None, None)
     assert verified.subject == "ada"
     assert dict(verified.claims) == {"sub": "ada", "exp": START + 600, "scope": "read"}
     assert verified.expires_at == START + 600
-    assert (await verifier.verify("tok-ada")).from_cache is True
+    assert (await verifier.averify("tok-ada")).from_cache is True
     assert service.calls == ["tok-ada"]  # the cache spared the second call
 
 
@@ -69,7 +69,7 @@ async def test_inactive_tokens_are_rejected(clock: VirtualClock, answer: Any) ->
         validator=Introspection({"tok": answer}), require=(), clock=clock
     )
     with pytest.raises(TokenRevokedError) as info:
-        await verifier.verify("tok")
+        await verifier.averify("tok")
     assert info.value.reason == "inactive"
 
 
@@ -80,7 +80,7 @@ async def test_an_answer_that_is_no_verdict_fails_closed(clock: VirtualClock, an
         validator=Introspection({"tok": answer}), require=(), clock=clock
     )
     with pytest.raises(ValidatorUnavailableError) as info:
-        await verifier.verify("tok")
+        await verifier.averify("tok")
     assert info.value.reason == "validator_unavailable"
 
 
@@ -89,7 +89,7 @@ async def test_a_bare_true_accepts_with_no_claims(clock: VirtualClock) -> None:
     verifier = VersionedTokenVerifier(
         validator=Introspection({"tok": True}), require=(), clock=clock
     )
-    verified = await verifier.verify("tok")
+    verified = await verifier.averify("tok")
     assert dict(verified.claims) == {}
     assert verified.expires_at is None
 
@@ -110,7 +110,7 @@ async def test_claims_from_the_validator_are_still_checked(clock: VirtualClock) 
         ("no-exp", "missing_claim"),
     ]:
         with pytest.raises(TokenRejectedError) as info:
-            await verifier.verify(token)
+            await verifier.averify(token)
         assert info.value.reason == reason
 
 
@@ -118,10 +118,10 @@ async def test_claims_from_the_validator_are_still_checked(clock: VirtualClock) 
 async def test_opaque_tokens_can_be_revoked_by_jti(clock: VirtualClock) -> None:
     service = Introspection({"tok": active("ada", jti="s-1")})
     verifier = VersionedTokenVerifier(validator=service, clock=clock)
-    await verifier.verify("tok")
+    await verifier.averify("tok")
     verifier.revoke("s-1")
     with pytest.raises(TokenRevokedError):
-        await verifier.verify("tok")
+        await verifier.averify("tok")
 
 
 # -- failing closed ----------------------------------------------------------------------------
@@ -134,11 +134,11 @@ async def test_fail_closed_when_the_validator_errors_but_serve_what_is_cached(
     service = Introspection({"cached": active("ada"), "fresh": active("bob")})
     chaos = ChaosFault(ConnectionError("identity is down"), enabled=False)
     verifier = VersionedTokenVerifier(validator=chaos(service), clock=clock)
-    await verifier.verify("cached")
+    await verifier.averify("cached")
     chaos.enabled = True
-    assert (await verifier.verify("cached")).from_cache is True
+    assert (await verifier.averify("cached")).from_cache is True
     with pytest.raises(ValidatorUnavailableError) as info:
-        await verifier.verify("fresh")
+        await verifier.averify("fresh")
     assert info.value.reason == "validator_unavailable"
     assert "ConnectionError" in str(info.value)
     assert isinstance(info.value.__cause__, ConnectionError)
@@ -150,11 +150,11 @@ async def test_a_slow_validator_times_out_and_fails_closed(clock: VirtualClock) 
     slow = ChaosLatency(5.0, clock=clock)
     verifier = VersionedTokenVerifier(validator=slow(service), validator_timeout=2.0, clock=clock)
     with pytest.raises(ValidatorUnavailableError, match=r"did not answer within 2\.0s"):
-        await verifier.verify("tok")
+        await verifier.averify("tok")
     assert clock.monotonic() == pytest.approx(2.0)  # cut off at the timeout, not after 5 s
     assert service.calls == []
     slow.enabled = False
-    assert (await verifier.verify("tok")).subject == "ada"
+    assert (await verifier.averify("tok")).subject == "ada"
 
 
 @pytest.mark.anyio
@@ -167,16 +167,16 @@ async def test_the_breaker_opens_and_spares_a_failing_validator(clock: VirtualCl
     )
     for i in range(4):
         with pytest.raises(ValidatorUnavailableError, match="ConnectionError"):
-            await verifier.verify(f"tok-{i}")
+            await verifier.averify(f"tok-{i}")
     assert breaker.state is CircuitState.OPEN
     calls_when_opened = chaos.injected
     for i in range(4, 20):
         with pytest.raises(ValidatorUnavailableError, match="circuit breaker is open"):
-            await verifier.verify(f"tok-{i}")
+            await verifier.averify(f"tok-{i}")
     assert chaos.injected == calls_when_opened  # the breaker held the callers back
     chaos.enabled = False
     clock.advance(30.0)
-    assert (await verifier.verify("tok-30")).subject == "u30"  # a probe gets through
+    assert (await verifier.averify("tok-30")).subject == "u30"  # a probe gets through
 
 
 @pytest.mark.anyio
@@ -186,7 +186,7 @@ async def test_the_default_breaker_opens_too(clock: VirtualClock) -> None:
     messages = set()
     for i in range(40):
         with pytest.raises(ValidatorUnavailableError) as info:
-            await verifier.verify(f"tok-{i}")
+            await verifier.averify(f"tok-{i}")
         messages.add(str(info.value).split(": ")[-1])
     assert "its circuit breaker is open" in messages
     assert chaos.injected < 40
@@ -200,7 +200,7 @@ async def test_a_rejection_raised_by_the_validator_passes_through(clock: Virtual
     verifier = VersionedTokenVerifier(validator=validator, require=(), clock=clock)
     for _ in range(30):  # never counted as failures by the default breaker
         with pytest.raises(TokenRevokedError, match="banned"):
-            await verifier.verify("tok")
+            await verifier.averify("tok")
 
 
 @pytest.mark.anyio
@@ -216,7 +216,7 @@ async def test_cancellation_is_not_swallowed(clock: VirtualClock) -> None:
         validator=hanging, require=(), validator_timeout=1000.0, clock=VirtualClock()
     )
     async with anyio.create_task_group() as group:
-        group.start_soon(verifier.verify, "tok")
+        group.start_soon(verifier.averify, "tok")
         await started.wait()
         group.cancel_scope.cancel()
     assert verifier.cached_tokens == 0
@@ -232,21 +232,21 @@ async def test_signed_tokens_are_checked_locally_before_remotely(clock: VirtualC
     token = TokenIssuer(ring, clock=clock).issue("ada")
     service = Introspection({token: {"active": True, "sub": "someone-else"}})
     verifier = VersionedTokenVerifier(ring, validator=service, clock=clock)
-    verified = await verifier.verify(token)
+    verified = await verifier.averify(token)
     assert verified.subject == "ada"  # the signed claims win over the remote answer
     assert verified.kind == "compact"
     with pytest.raises(TokenRejectedError) as info:
-        await verifier.verify(token[:-4] + "AAAA")
+        await verifier.averify(token[:-4] + "AAAA")
     assert info.value.reason == "bad_signature"
     assert service.calls == [token]  # a forgery never reaches the remote validator
     service.answers[token] = {"active": False}
     verifier.clear_cache()
     with pytest.raises(TokenRevokedError):
-        await verifier.verify(token)
+        await verifier.averify(token)
 
 
 @pytest.mark.anyio
-async def test_verify_sync_cannot_reach_the_validator(clock: VirtualClock) -> None:
+async def test_sync_verify_cannot_reach_the_validator(clock: VirtualClock) -> None:
     ring = Keyring(clock=clock)
     ring.add("v1", b"k" * 32, state=KeyState.ACTIVE)
     issuer = TokenIssuer(ring, clock=clock)
@@ -254,10 +254,10 @@ async def test_verify_sync_cannot_reach_the_validator(clock: VirtualClock) -> No
     verifier = VersionedTokenVerifier(
         ring, validator=Introspection({cached: True, uncached: True}), clock=clock
     )
-    await verifier.verify(cached)
-    assert verifier.verify_sync(cached).from_cache is True
-    with pytest.raises(ValidatorUnavailableError, match="use `await verify"):
-        verifier.verify_sync(uncached)
+    await verifier.averify(cached)
+    assert verifier.verify(cached).from_cache is True
+    with pytest.raises(ValidatorUnavailableError, match="use `await averify"):
+        verifier.verify(uncached)
 
 
 def test_the_validator_must_be_async() -> None:
@@ -288,9 +288,9 @@ async def test_a_key_retired_during_the_remote_check_is_not_cached_as_valid(
         return True
 
     verifier = VersionedTokenVerifier(ring, validator=validator, clock=clock)
-    assert (await verifier.verify(old)).key_version == "v1"  # judged before the change
+    assert (await verifier.averify(old)).key_version == "v1"  # judged before the change
     with pytest.raises(TokenRejectedError) as info:
-        await verifier.verify(old)  # but never served from the cache afterwards
+        await verifier.averify(old)  # but never served from the cache afterwards
     assert info.value.reason == "retired_key"
-    assert (await verifier.verify(token)).from_cache is False
-    assert (await verifier.verify(token)).from_cache is True
+    assert (await verifier.averify(token)).from_cache is False
+    assert (await verifier.averify(token)).from_cache is True

@@ -18,7 +18,7 @@ import argparse
 
 import anyio
 
-from resilience_kit import CircuitBreaker, StateTransition
+from resilience_kit import CircuitBreaker
 from resilience_kit.caching import (
     CacheLoadError,
     CacheLookup,
@@ -28,6 +28,7 @@ from resilience_kit.caching import (
     PolicyCache,
 )
 from resilience_kit.testing import VirtualClock
+from resilience_kit.typing import StateTransition
 
 clock = VirtualClock()
 

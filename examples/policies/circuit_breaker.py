@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import anyio
 
-from resilience_kit import (
-    Backoff,
-    CircuitBreaker,
-    CircuitOpenError,
-    InMemoryBreakerStore,
-    Pipeline,
-    StateTransition,
-)
+from resilience_kit import Backoff, CircuitBreaker, CircuitOpenError, Pipeline
+from resilience_kit.stores.memory import InMemoryBreakerStore
 from resilience_kit.testing import ChaosFault, ChaosLatency, VirtualClock
+from resilience_kit.typing import StateTransition
 
 clock = VirtualClock()
 

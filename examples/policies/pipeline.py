@@ -18,12 +18,11 @@ from resilience_kit import (
     CircuitOpenError,
     Fallback,
     Pipeline,
-    RetryEvent,
     RetryPolicy,
-    StateTransition,
     Timeout,
 )
 from resilience_kit.testing import ChaosFault, ChaosLatency, VirtualClock
+from resilience_kit.typing import RetryEvent, StateTransition
 
 clock = VirtualClock()
 

@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import anyio
 
-from resilience_kit import (
-    Backoff,
-    RetryBudget,
-    RetryEvent,
-    RetryExhaustedError,
-    RetryPolicy,
-)
+from resilience_kit import Backoff, RetryBudget, RetryExhaustedError, RetryPolicy
 from resilience_kit.testing import ChaosFault, VirtualClock
+from resilience_kit.typing import RetryEvent
 
 
 def report(event: RetryEvent) -> None:

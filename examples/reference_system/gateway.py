@@ -136,11 +136,11 @@ class Gateway(Service):
         header = request.headers.get("authorization", "")
         token = header.removeprefix("Bearer ") if header.startswith("Bearer ") else ""
         try:
-            return await self.verifier.verify(token)
+            return await self.verifier.averify(token)
         except ValidatorUnavailableError as exc:
             if not self.fail_closed:
                 try:  # fail open: what the analysis warns against
-                    return self._signature_only.verify_sync(token)
+                    return self._signature_only.verify(token)
                 except TokenRejectedError:
                     pass
             self.ctx.observe("fail closed")

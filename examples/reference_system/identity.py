@@ -279,7 +279,7 @@ class Identity(Service):
     async def logout(self, request: Request) -> Response:
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
         try:
-            verified = self.verifier.verify_sync(token)
+            verified = self.verifier.verify(token)
         except TokenRejectedError as exc:
             return JSONResponse({"error": exc.reason}, status_code=401)
         jti, username = str(verified.claims["jti"]), str(verified.subject)
@@ -304,7 +304,7 @@ class Identity(Service):
     async def introspect(self, request: Request) -> Response:
         token = str((await request.json()).get("token", ""))
         try:
-            verified = self.verifier.verify_sync(token)
+            verified = self.verifier.verify(token)
         except TokenRejectedError as exc:
             return JSONResponse({"active": False, "reason": exc.reason})
         jti = str(verified.claims["jti"])

@@ -57,7 +57,7 @@ def issue(pod: Pod, label: str) -> None:
 
 def verdict(pod: Pod, token: str, expires_at: float) -> str:
     try:
-        pod.verifier.verify_sync(token)
+        pod.verifier.verify(token)
     except TokenRejectedError as exc:
         if clock.time() >= expires_at:
             return "expired" if exc.reason == "expired" else f"{exc.reason} (expired anyway)"

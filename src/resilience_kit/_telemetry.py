@@ -7,13 +7,12 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import metrics, trace
-from opentelemetry.context import get_current
-from opentelemetry.metrics import CallbackOptions, Observation
-
+# OpenTelemetry is imported on first use, not with the policies: it is about as costly
+# to import as the policies themselves, and many programs never record anything.
 if TYPE_CHECKING:
-    from opentelemetry.metrics import Counter, MeterProvider
-    from opentelemetry.trace import TracerProvider
+    from opentelemetry.context import Context
+    from opentelemetry.metrics import CallbackOptions, Counter, MeterProvider, Observation
+    from opentelemetry.trace import Span, TracerProvider
 
 METER_NAME = "resilience_kit"
 RETRY_ATTEMPTS = "resilience.retry.attempts"
@@ -93,6 +92,8 @@ def configure(
 def _counter(name: str) -> Counter:
     counter = _counters.get(name)
     if counter is None:
+        from opentelemetry import metrics  # noqa: PLC0415  (deferred: see the imports)
+
         provider = _meter_provider or metrics.get_meter_provider()
         meter = provider.get_meter(METER_NAME)
         counter = meter.create_counter(name, unit="1", description=_DESCRIPTIONS[name])
@@ -103,6 +104,8 @@ def _counter(name: str) -> Counter:
 def _observable(name: str) -> None:
     if name in _observables:
         return
+    from opentelemetry import metrics  # noqa: PLC0415  (deferred: see the imports)
+
     provider = _meter_provider or metrics.get_meter_provider()
     meter = provider.get_meter(METER_NAME)
     create = meter.create_observable_gauge if name in _GAUGES else meter.create_observable_counter
@@ -116,6 +119,8 @@ def _observable(name: str) -> None:
 
 def _collector(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def collect(options: CallbackOptions) -> Iterable[Observation]:
+        from opentelemetry.metrics import Observation  # noqa: PLC0415  (deferred: see the imports)
+
         owners, read, _ = _sources[name]
         # Owners sharing attributes (two breakers with one name) add up to one point.
         totals: dict[frozenset[tuple[str, str]], float] = {}
@@ -147,11 +152,25 @@ def observe(
     _observable(name)
 
 
+def _load_context() -> Context:
+    """Bind the two OpenTelemetry functions `span_event` calls, then act as the first."""
+    global _get_current, _get_current_span
+    from opentelemetry.context import get_current  # noqa: PLC0415  (deferred: see the imports)
+    from opentelemetry.trace import get_current_span  # noqa: PLC0415
+
+    _get_current, _get_current_span = get_current, get_current_span
+    return get_current()
+
+
+_get_current: Callable[[], Context] = _load_context
+_get_current_span: Callable[[Context], Span]
+
+
 def span_event(name: str, attributes: Mapping[str, str | int | float]) -> None:
     """Add an event to the current span, if one is recording; cheap when none is."""
-    current = get_current()
+    current = _get_current()
     if current:  # an empty context holds no span: skip the span lookup
-        span = trace.get_current_span(current)
+        span = _get_current_span(current)
         if span.is_recording():
             span.add_event(name[_PREFIX:], attributes)
 

@@ -341,6 +341,7 @@ class TokenRejectedError(ResilienceError):
         key_version: the key version (``kid``) the token named, when it named one.
 
     Examples:
+        >>> from resilience_kit.errors import TokenExpiredError, TokenRejectedError
         >>> err = TokenExpiredError("expired at 1700000000", key_version="v2")
         >>> isinstance(err, TokenRejectedError), err.reason, err.key_version
         (True, 'expired', 'v2')

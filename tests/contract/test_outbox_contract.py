@@ -272,9 +272,9 @@ async def test_status_reports_backlog_and_lag(sql_like_backend: Backend) -> None
     assert status.oldest_pending_age >= 0.0
 
 
-async def test_add_async_without_a_connection_commits_on_its_own(sql_like_backend: Backend) -> None:
+async def test_aadd_without_a_connection_commits_on_its_own(sql_like_backend: Backend) -> None:
     store = sql_like_backend.store.outbox
-    await store.add_async(None, [OutboxEntry.of("t", event("a", 0))])
+    await store.aadd(None, [OutboxEntry.of("t", event("a", 0))])
     await Outbox(store, topic="t").publish("other", event("a", 1))
     claimed = await store.claim(limit=10, lease_for=HOUR)
     assert ns(claimed) == [("a", 0), ("a", 1)]

@@ -20,8 +20,8 @@ assert_type(ring.add("v1", b"k" * 32, state=KeyState.ACTIVE), KeyVersion)
 assert_type(ring.active, KeyVersion | None)
 assert_type(TokenIssuer(ring, kind="jwt").issue("ada"), str)
 verifier = VersionedTokenVerifier(ring, audience=["api"], leeway=30)
-assert_type(verifier.verify_sync("token"), VerifiedToken)
-assert_type(verifier.verify_sync(b"token"), VerifiedToken)
+assert_type(verifier.verify("token"), VerifiedToken)
+assert_type(verifier.verify(b"token"), VerifiedToken)
 
 
 async def introspect(token: str) -> dict[str, Any]:
@@ -33,12 +33,12 @@ async def fetch() -> dict[str, Any]:
 
 
 async def use() -> None:
-    assert_type(await verifier.verify("token"), VerifiedToken)
+    assert_type(await verifier.averify("token"), VerifiedToken)
     remote = VersionedTokenVerifier(JWKSKeySource(fetch=fetch), validator=introspect)
-    verified = await remote.verify("token")
+    verified = await remote.averify("token")
     assert_type(verified.claims["sub"], Any)
     assert_type(verified.subject, str | None)
     try:
-        await remote.verify("x")
+        await remote.averify("x")
     except TokenRejectedError as exc:
         assert_type(exc.reason, str)

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from resilience_kit import CircuitBreaker, StateTransition
+from resilience_kit import CircuitBreaker
 from resilience_kit.health import (
     HealthCheck,
     HealthChecks,
@@ -37,6 +37,7 @@ from resilience_kit.messaging import ResilientConsumer
 from resilience_kit.stores.sqlite import SQLiteStore
 from resilience_kit.testing import VirtualClock
 from resilience_kit.transports import MemoryBus
+from resilience_kit.typing import StateTransition
 
 from .mitigations import Mitigations
 from .records import SideEffectSink

@@ -7,6 +7,7 @@ Examples:
     >>> cache = PolicyCache(entitlements, ttl=3600.0, policy=FailOpen(default={"seats": 1}))
 """
 
+from resilience_kit._exports import present
 from resilience_kit.caching._cache import CacheLookup as CacheLookup
 from resilience_kit.caching._cache import PolicyCache as PolicyCache
 from resilience_kit.caching._errors import CacheLoadError as CacheLoadError
@@ -36,3 +37,6 @@ __all__ = (
     "ServeStale",
     "Served",
 )
+
+# Reprs, docs and pickles name where users import a class from, not its private module.
+present(__name__, globals(), __all__)

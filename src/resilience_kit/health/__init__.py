@@ -23,6 +23,7 @@ Examples:
     'healthy'
 """
 
+from resilience_kit._exports import present
 from resilience_kit.health._asgi import HealthEndpoint as HealthEndpoint
 from resilience_kit.health._check import CheckReport as CheckReport
 from resilience_kit.health._check import CheckResult as CheckResult
@@ -53,10 +54,4 @@ __all__ = (
     "threshold_check",
 )
 
-# Classes defined in private modules name this one (pickle finds a class through the
-# module it names).
-for _name in __all__:
-    _value = globals()[_name]
-    if isinstance(_value, type) and _value.__module__.startswith(f"{__name__}._"):
-        _value.__module__ = __name__
-del _name, _value
+present(__name__, globals(), __all__)

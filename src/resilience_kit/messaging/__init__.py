@@ -19,6 +19,7 @@ Examples:
     True
 """
 
+from resilience_kit._exports import present
 from resilience_kit.errors import EventTooLargeError as EventTooLargeError
 from resilience_kit.errors import IdempotencyConflictError as IdempotencyConflictError
 from resilience_kit.errors import IdempotencyError as IdempotencyError
@@ -89,10 +90,5 @@ __all__ = (
     "idempotent",
 )
 
-# Classes defined in private modules name this one (pickle finds a class through the
-# module it names); those `resilience_kit` re-exports are renamed there once more.
-for _name in __all__:
-    _value = globals()[_name]
-    if isinstance(_value, type) and _value.__module__.startswith(f"{__name__}._"):
-        _value.__module__ = __name__
-del _name, _value
+# Reprs, docs and pickles name where users import a class from, not its private module.
+present(__name__, globals(), __all__)

@@ -75,9 +75,9 @@ class Inbox:
         """
         return self._store.mark(connection, self.consumer, _event_id(event))
 
-    async def mark_async(self, connection: Any, event: Event | UUID) -> bool:
+    async def amark(self, connection: Any, event: Event | UUID) -> bool:
         """`mark` for an async connection (a `psycopg.AsyncConnection`, asyncio only)."""
-        return await self._store.mark_async(connection, self.consumer, _event_id(event))
+        return await self._store.amark(connection, self.consumer, _event_id(event))
 
     async def record(self, event: Event | UUID) -> bool:
         """Mark the event processed in a transaction of the store's own; True the first time.

@@ -128,7 +128,7 @@ class Outbox:
         if entries:
             self._store.add(connection, entries)
 
-    async def add_async(self, connection: Any, event: Event, *, topic: str | None = None) -> None:
+    async def aadd(self, connection: Any, event: Event, *, topic: str | None = None) -> None:
         """`add` for an async connection (a `psycopg.AsyncConnection`, asyncio only).
 
         With ``connection=None`` the store writes and commits in a transaction of its
@@ -141,9 +141,9 @@ class Outbox:
             >>> from resilience_kit.stores.memory import MemoryStore
             >>> store = MemoryStore()
             >>> event = Event(type="org.created", key="org:1", payload={})
-            >>> anyio.run(lambda: Outbox(store.outbox, topic="orgs").add_async(None, event))
+            >>> anyio.run(lambda: Outbox(store.outbox, topic="orgs").aadd(None, event))
         """
-        await self._store.add_async(connection, (self._entry(event, topic),))
+        await self._store.aadd(connection, (self._entry(event, topic),))
 
     async def publish(self, topic: str, event: Event) -> None:
         """Add ``event`` in a transaction of the store's own: an `Outbox` is a `Publisher`.
@@ -161,4 +161,4 @@ class Outbox:
             >>> anyio.run(store.outbox.status).pending
             1
         """
-        await self.add_async(None, event, topic=topic)
+        await self.aadd(None, event, topic=topic)

@@ -85,7 +85,7 @@ class OutboxStore(Protocol):
         """
         ...
 
-    async def add_async(self, connection: Any, entries: Sequence[OutboxEntry]) -> None:
+    async def aadd(self, connection: Any, entries: Sequence[OutboxEntry]) -> None:
         """`add` for async connections (a `psycopg.AsyncConnection`, asyncio only).
 
         With ``connection=None`` the store writes and commits in a transaction of its
@@ -225,7 +225,7 @@ class InboxStore(Protocol):
         """
         ...
 
-    async def mark_async(self, connection: Any, consumer: str, event_id: UUID) -> bool:
+    async def amark(self, connection: Any, consumer: str, event_id: UUID) -> bool:
         """`mark` for async connections (a `psycopg.AsyncConnection`, asyncio only)."""
         ...
 

@@ -316,6 +316,7 @@ class DeadLetterFilter:
         """Whether ``letter`` passes the filter (the in-memory reference of every backend).
 
         Examples:
+            >>> from resilience_kit.messaging import DeadLetter, DeadLetterFilter
             >>> letter = DeadLetter.create(
             ...     source="outbox", topic="orgs", data=b"{", error=ValueError("x"), attempts=1
             ... )

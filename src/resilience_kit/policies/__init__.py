@@ -1,5 +1,6 @@
 """Call policies: each wraps one call, as a decorator for sync and async functions."""
 
+from resilience_kit._exports import present
 from resilience_kit.policies._backoff import Backoff as Backoff
 from resilience_kit.policies._backoff import Jitter as Jitter
 from resilience_kit.policies._base import Policy as Policy
@@ -43,3 +44,6 @@ __all__ = (
     "Timeout",
     "retry_after_hint",
 )
+
+# Reprs, docs and pickles name where users import a class from, not its private module.
+present(__name__, globals(), __all__)

@@ -7,10 +7,11 @@ Examples:
     >>> ring = Keyring()
     >>> _ = ring.add("v1", b"k" * 32, state=KeyState.ACTIVE)
     >>> token = TokenIssuer(ring).issue("ada")
-    >>> VersionedTokenVerifier(ring).verify_sync(token).subject
+    >>> VersionedTokenVerifier(ring).verify(token).subject
     'ada'
 """
 
+from resilience_kit._exports import present
 from resilience_kit.security._errors import MalformedTokenError as MalformedTokenError
 from resilience_kit.security._errors import TokenAlgorithmError as TokenAlgorithmError
 from resilience_kit.security._errors import TokenClaimError as TokenClaimError
@@ -50,3 +51,6 @@ __all__ = (
     "VerifiedToken",
     "VersionedTokenVerifier",
 )
+
+# Reprs, docs and pickles name where users import a class from, not its private module.
+present(__name__, globals(), __all__)

@@ -2,7 +2,7 @@
 
 One core, two thin drivers (STYLE.md 11): `_flow` is a generator that does every check
 and yields when it needs I/O — a key from a JWKS endpoint, or the remote validator's
-verdict. `verify` (async) answers those requests; `verify_sync` answers them without I/O
+verdict. `averify` (async) answers those requests; `verify` answers them without I/O
 (known keys only; the remote validator counts as unavailable). Both share the cache-hit
 fast path, which touches nothing but a dict and the clock.
 """
@@ -131,7 +131,7 @@ class _Introspect:
     def answer_offline(self) -> object:
         return _Failed(
             ValidatorUnavailableError(
-                "verify_sync() cannot call the remote validator; use `await verify()`"
+                "verify() cannot call the remote validator; use `await averify()`"
             )
         )
 
@@ -209,10 +209,10 @@ class VersionedTokenVerifier:
         >>> _ = ring.add("v1", b"k" * 32, state=KeyState.ACTIVE)
         >>> token = TokenIssuer(ring).issue("ada")
         >>> verifier = VersionedTokenVerifier(ring)
-        >>> verified = verifier.verify_sync(token)
+        >>> verified = verifier.verify(token)
         >>> verified.subject, verified.key_version, verified.from_cache
         ('ada', 'v1', False)
-        >>> verifier.verify_sync(token).from_cache
+        >>> verifier.verify(token).from_cache
         True
     """
 
@@ -315,7 +315,7 @@ class VersionedTokenVerifier:
 
     # -- the drivers ------------------------------------------------------------------------
 
-    async def verify(self, token: str | bytes) -> VerifiedToken:
+    async def averify(self, token: str | bytes) -> VerifiedToken:
         """Verify ``token``, fetching keys and asking the remote validator as needed.
 
         Raises:
@@ -327,7 +327,7 @@ class VersionedTokenVerifier:
             >>> ring = Keyring()
             >>> _ = ring.add("v1", b"k" * 32, state=KeyState.ACTIVE)
             >>> verifier = VersionedTokenVerifier(ring)
-            >>> anyio.run(verifier.verify, TokenIssuer(ring).issue("ada")).subject
+            >>> anyio.run(verifier.averify, TokenIssuer(ring).issue("ada")).subject
             'ada'
         """
         if type(token) is str and len(token) <= self._max_size:
@@ -344,7 +344,7 @@ class VersionedTokenVerifier:
         finally:
             flow.close()
 
-    def verify_sync(self, token: str | bytes) -> VerifiedToken:
+    def verify(self, token: str | bytes) -> VerifiedToken:
         """Verify ``token`` without I/O: with the keys at hand, and no remote validator.
 
         On a verifier with a remote validator, only cached tokens pass (others fail
@@ -358,7 +358,7 @@ class VersionedTokenVerifier:
             >>> from resilience_kit.security import Keyring
             >>> verifier = VersionedTokenVerifier(Keyring())
             >>> try:
-            ...     verifier.verify_sync("v1.e30.AAAA")
+            ...     verifier.verify("v1.e30.AAAA")
             ... except TokenRejectedError as exc:
             ...     print(exc.reason)
             unknown_key
@@ -580,10 +580,10 @@ class VersionedTokenVerifier:
             >>> _ = ring.add("v1", b"k" * 32, state=KeyState.ACTIVE)
             >>> token = TokenIssuer(ring).issue("ada")
             >>> verifier = VersionedTokenVerifier(ring)
-            >>> _ = verifier.verify_sync(token)
+            >>> _ = verifier.verify(token)
             >>> verifier.revoke(token)
             >>> try:
-            ...     verifier.verify_sync(token)
+            ...     verifier.verify(token)
             ... except TokenRejectedError as exc:
             ...     print(exc.reason)
             revoked

@@ -55,7 +55,7 @@ class MemoryInboxStore:
             transaction.on_rollback(lambda: self._seen.pop((consumer, event_id), None))
         return True
 
-    async def mark_async(self, connection: Any, consumer: str, event_id: UUID) -> bool:
+    async def amark(self, connection: Any, consumer: str, event_id: UUID) -> bool:
         """`mark`, awaited."""
         return self.mark(connection, consumer, event_id)
 

@@ -111,7 +111,7 @@ class MemoryOutboxStore:
                 f"got {type(connection).__name__}"
             )
 
-    async def add_async(self, connection: Any, entries: Sequence[OutboxEntry]) -> None:
+    async def aadd(self, connection: Any, entries: Sequence[OutboxEntry]) -> None:
         """`add`, awaited."""
         self.add(connection, entries)
 

@@ -212,7 +212,7 @@ class Database:
             if not self._ready:
                 self.migrate()
 
-    async def ensure_schema_async(self) -> None:
+    async def aensure_schema(self) -> None:
         """`ensure_schema` without blocking the event loop."""
         if not self._ready:
             await anyio.to_thread.run_sync(self.ensure_schema)

@@ -57,18 +57,18 @@ class PostgresInboxStore:
         psycopg = self._db.psycopg
         if not isinstance(connection, psycopg.Connection):
             kind = type(connection).__name__
-            hint = " (use mark_async)" if isinstance(connection, psycopg.AsyncConnection) else ""
+            hint = " (use amark)" if isinstance(connection, psycopg.AsyncConnection) else ""
             raise TypeError(f"{self!r}.mark needs a psycopg.Connection, got {kind}{hint}")
         self._db.ensure_schema()
         return self._insert(connection, consumer, event_id)
 
-    async def mark_async(self, connection: Any, consumer: str, event_id: UUID) -> bool:
+    async def amark(self, connection: Any, consumer: str, event_id: UUID) -> bool:
         """`mark` with a `psycopg.AsyncConnection` (asyncio only); ``None`` means `record`."""
         psycopg = self._db.psycopg
         if connection is None:
             return await self.record(consumer, event_id)
         if isinstance(connection, psycopg.AsyncConnection):
-            await self._db.ensure_schema_async()
+            await self._db.aensure_schema()
             cursor = await connection.execute(self._mark, (consumer, event_id))
             return bool(cursor.rowcount == 1)
         return await anyio.to_thread.run_sync(self.mark, connection, consumer, event_id)

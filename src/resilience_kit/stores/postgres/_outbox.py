@@ -328,7 +328,7 @@ class PostgresOutboxStore:
             return
         if not isinstance(connection, psycopg.Connection):
             kind = type(connection).__name__
-            hint = " (use add_async)" if isinstance(connection, psycopg.AsyncConnection) else ""
+            hint = " (use aadd)" if isinstance(connection, psycopg.AsyncConnection) else ""
             raise TypeError(f"{self!r}.add needs a psycopg.Connection, got {kind}{hint}")
         self._db.ensure_schema()
         self._write(connection, entries)
@@ -337,7 +337,7 @@ class PostgresOutboxStore:
         query, params = self._statement(entries)
         connection.execute(query, params)
 
-    async def add_async(self, connection: Any, entries: Sequence[OutboxEntry]) -> None:
+    async def aadd(self, connection: Any, entries: Sequence[OutboxEntry]) -> None:
         """`add` with a `psycopg.AsyncConnection` (asyncio only), or ``None``.
 
         With ``None`` the rows are written and committed in a transaction of the
@@ -347,7 +347,7 @@ class PostgresOutboxStore:
             return
         psycopg = self._db.psycopg
         if isinstance(connection, psycopg.AsyncConnection):
-            await self._db.ensure_schema_async()
+            await self._db.aensure_schema()
             query, params = self._statement(entries)
             await connection.execute(query, params)
             return

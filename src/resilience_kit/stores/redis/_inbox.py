@@ -103,7 +103,7 @@ class RedisInboxStore:
     the records made at least ``older_than`` seconds ago by Redis's clock, and returns
     how many.
 
-    ``mark`` and ``mark_async`` raise `TypeError`: they record the event inside the
+    ``mark`` and ``amark`` raise `TypeError`: they record the event inside the
     caller's SQL transaction, which Redis cannot join. Use ``record`` (then the
     consumer's own writes and the record commit separately: a crash between them
     re-runs or skips the handler), or an inbox in the consumer's SQL database when
@@ -150,13 +150,13 @@ class RedisInboxStore:
         """
         self._no_transactions("mark")
 
-    async def mark_async(self, connection: Any, consumer: str, event_id: UUID) -> bool:
+    async def amark(self, connection: Any, consumer: str, event_id: UUID) -> bool:
         """Refuse, as `mark` does.
 
         Raises:
             TypeError: always; use ``record``, or a SQL store's inbox.
         """
-        self._no_transactions("mark_async")
+        self._no_transactions("amark")
 
     async def record(self, consumer: str, event_id: UUID) -> bool:
         """Record the event as processed by ``consumer``; True the first time only.

@@ -41,7 +41,7 @@ class SQLiteInboxStore:
             check_connection(connection)
             raise
 
-    async def mark_async(self, connection: Any, consumer: str, event_id: UUID) -> bool:
+    async def amark(self, connection: Any, consumer: str, event_id: UUID) -> bool:
         """`mark` for a caller's connection from async code (runs here: it is the caller's).
 
         With ``connection=None`` the record is written in a transaction of its own.

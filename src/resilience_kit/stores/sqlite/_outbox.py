@@ -304,7 +304,7 @@ class SQLiteOutboxStore:
             check_connection(connection)
             raise
 
-    async def add_async(self, connection: Any, entries: Sequence[OutboxEntry]) -> None:
+    async def aadd(self, connection: Any, entries: Sequence[OutboxEntry]) -> None:
         """`add` from async code; with ``connection=None``, in a transaction of its own.
 
         A caller's ``connection`` is used here, in the caller's thread. Relays of this
@@ -478,7 +478,7 @@ class SQLiteOutboxStore:
         """Wait ``timeout`` seconds, or less when rows were committed through this store.
 
         SQLite has no notifications between connections: a commit through this store
-        object (`add_async` without a connection, or a connection from
+        object (`aadd` without a connection, or a connection from
         `SQLiteStore.connect` that wrote something) wakes the wait at once; rows from
         anywhere else are found by the relay's next poll.
         """
