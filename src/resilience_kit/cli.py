@@ -1,5 +1,6 @@
 """The ``resilience-kit`` command: inspect and repair dead letters and the outbox.
 
+<!-- not run: the command synopsis -->
 ```text
 resilience-kit dead-letters list|show|replay|purge ...
 resilience-kit outbox status|replay ...

@@ -1,5 +1,6 @@
 """The exceptions resilience-kit raises, all rooted at `ResilienceError`.
 
+<!-- not run: a diagram of the exception tree -->
 ```text
 ResilienceError
 ├── ConfigurationError (also ValueError)     a policy was built with a bad parameter

@@ -92,6 +92,7 @@ __all__ = (
     "Publisher",
     "RelayReport",
     "ReplayReport",
+    "RetryEvent",
     "Served",
     "StateTransition",
     "Subscriber",

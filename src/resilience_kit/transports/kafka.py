@@ -6,6 +6,7 @@ asyncio library, so this transport runs on asyncio only: on trio its methods rai
 `resilience_kit.transports.memory.MemoryBus` there).
 
 Examples:
+    <!-- not run: needs a Kafka broker, an event and your handle() -->
     ```python
     from resilience_kit.transports.kafka import KafkaTransport
 
@@ -152,6 +153,7 @@ class KafkaTransport(Closing):
 
         With a Kafka broker, on asyncio:
 
+        <!-- not run: a fragment; needs a Kafka broker -->
         ```python
         await kafka.publish("orgs", Event(type="org.created", key="org:1", payload={}))
         ```
@@ -325,6 +327,7 @@ class KafkaSubscriber(Closing):
         consumer: this member's client id, or ``None`` for the transport's.
 
     Examples:
+        <!-- not run: a fragment; needs a Kafka broker and your handle() -->
         ```python
         async with kafka.subscribe("orgs", group="billing") as orgs:
             async for delivery in orgs:

@@ -5,6 +5,7 @@ redis-py client runs on worker threads (``anyio.to_thread``), so the transport w
 asyncio and trio alike and never blocks the event loop.
 
 Examples:
+    <!-- not run: needs a Redis server, an event and your handle() -->
     ```python
     from resilience_kit.transports.redis import RedisStreams
 
@@ -190,6 +191,7 @@ class RedisStreams(Closing):
 
         With a Redis server:
 
+        <!-- not run: a fragment; needs a Redis server -->
         ```python
         await streams.publish("orgs", Event(type="org.created", key="org:1", payload={}))
         ```
@@ -377,6 +379,7 @@ class RedisStreamSubscriber(Closing):
             over, or ``None``.
 
     Examples:
+        <!-- not run: a fragment; needs a Redis server and your handle() -->
         ```python
         async with streams.subscribe("orgs", group="billing", consumer="pod-1") as orgs:
             async for delivery in orgs:

@@ -63,15 +63,26 @@ class PostgresStore:
         PostgresStore('postgresql://app:***@db.internal/app', schema='orders')
         >>> store.close()
 
-        In a service:
+        In a service, the event commits in the same transaction as your own change:
 
+        <!-- needs: POSTGRES_URL -->
         ```python
-        with PostgresStore("postgresql://app@db/app") as store:
+        import os
+
+        import anyio
+        import psycopg
+
+        from resilience_kit.messaging import Event, Outbox
+
+        url = os.environ["POSTGRES_URL"]  # e.g. postgresql://app@db/app
+        with PostgresStore(url, schema="shop") as store:
             store.migrate()
-            outbox = Outbox(store.outbox)
-            with psycopg.connect("postgresql://app@db/app") as conn, conn.transaction():
-                conn.execute("UPDATE orders SET state = 'paid' WHERE id = %s", (order_id,))
-                outbox.add(conn, "orders", Event(type="order.paid", key=order_id, payload={}))
+            outbox = Outbox(store.outbox, topic="orders")
+            with psycopg.connect(url) as conn, conn.transaction():
+                conn.execute("CREATE TABLE IF NOT EXISTS shop.orders (id text, state text)")
+                conn.execute("UPDATE shop.orders SET state = 'paid' WHERE id = %s", ("o-17",))
+                outbox.add(conn, Event(type="order.paid", key="o-17", payload={}))
+            assert anyio.run(store.outbox.status).pending >= 1  # for the relay to publish
         ```
     """
 
@@ -128,8 +139,12 @@ class PostgresStore:
             StoreError: the schema was created by a newer resilience-kit.
 
         Examples:
+            <!-- needs: POSTGRES_URL -->
             ```python
-            PostgresStore("postgresql://app@db/app", schema="messaging").migrate()
+            import os
+
+            with PostgresStore(os.environ["POSTGRES_URL"], schema="messaging") as store:
+                store.migrate()
             ```
         """
         self._db.migrate()
@@ -155,6 +170,7 @@ class PostgresStore:
             StoreUnavailableError: the server cannot be reached (or the pool is closed).
 
         Examples:
+            <!-- not run: needs a PostgreSQL server and an event loop -->
             ```python
             with PostgresStore("postgresql://app@db/app") as store:
                 await store.ping()

@@ -65,6 +65,7 @@ class RedisBreakerStore:
         ConfigurationError: for a bad parameter.
 
     Examples:
+        <!-- not run: needs a Redis server -->
         ```python
         store = RedisBreakerStore(url="redis://localhost:6379/0")
         breaker = CircuitBreaker("billing", store=store)  # shared by every instance

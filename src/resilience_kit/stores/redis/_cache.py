@@ -221,6 +221,7 @@ class RedisCacheStore(Generic[K, V]):
         ConfigurationError: for a bad parameter.
 
     Examples:
+        <!-- not run: needs a Redis server and your is_member -->
         ```python
         store = RedisCacheStore(url="redis://redis:6379/0", prefix="memberships")
         memberships = PolicyCache(is_member, ttl=900, policy=FailClosed(), store=store)

@@ -165,6 +165,7 @@ class RedisDeadLetterStore:
     except by ``delete`` of its id, or a ``purge`` of everything.
 
     Examples:
+        <!-- not run: a fragment; needs a Redis server -->
         ```python
         await store.dead_letters.put(letter)
         page = await store.dead_letters.list(DeadLetterFilter(topic="orders"), limit=50)

@@ -133,6 +133,7 @@ class RedisIdempotencyStore:
     discarded.
 
     Examples:
+        <!-- not run: a fragment; needs a Redis server -->
         ```python
         record = await store.idempotency.claim("t1:order-17", digest, token=token, lock_for=30)
         if record.token == token:  # won: run the call, then store its result

@@ -113,6 +113,7 @@ class RedisInboxStore:
         ttl: seconds a record is kept.
 
     Examples:
+        <!-- not run: a fragment; needs a Redis server -->
         ```python
         if await store.inbox.record("billing", event.id):
             await handle(event)  # the first delivery of this event to "billing"

@@ -90,6 +90,7 @@ class RedisStore:
 
         In a service (on asyncio or trio):
 
+        <!-- not run: a fragment; needs a Redis server -->
         ```python
         with RedisStore(url="redis://redis:6379/0", prefix="billing:") as store:
             if await store.inbox.record("billing", event.id):
