@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -195,9 +197,6 @@ def test_classes_can_be_found_where_they_say_they_live(name: str) -> None:
 def test_every_explicit_re_export_is_in_all(name: str) -> None:
     """``from x import Y as Y`` is the re-export idiom (STYLE.md 1): such a name that is
     left out of ``__all__`` is a public name nobody can find."""
-    import ast
-    from pathlib import Path
-
     module = importlib.import_module(name)
     tree = ast.parse(Path(str(module.__file__)).read_text(encoding="utf-8"))
     statements: list[ast.stmt] = []
