@@ -15,6 +15,8 @@ from resilience_kit.errors import (
     ResilienceError,
     RetryExhaustedError,
     TimeoutExceededError,
+    TransportError,
+    TransportUnavailableError,
 )
 
 EXAMPLES: list[ResilienceError] = [
@@ -25,6 +27,8 @@ EXAMPLES: list[ResilienceError] = [
     TimeoutExceededError("db", seconds=2.0),
     BulkheadFullError("db", max_concurrent=10, max_waiting=5),
     InjectedFaultError("chaos"),
+    TransportError("Kafka refused it", transport="KafkaTransport('k:9092')"),
+    TransportUnavailableError("no broker answered", transport="KafkaTransport('k:9092')"),
 ]
 
 

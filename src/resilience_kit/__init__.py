@@ -53,6 +53,8 @@ from resilience_kit.errors import TokenNotYetValidError as TokenNotYetValidError
 from resilience_kit.errors import TokenRejectedError as TokenRejectedError
 from resilience_kit.errors import TokenRevokedError as TokenRevokedError
 from resilience_kit.errors import TokenSignatureError as TokenSignatureError
+from resilience_kit.errors import TransportError as TransportError
+from resilience_kit.errors import TransportUnavailableError as TransportUnavailableError
 from resilience_kit.errors import ValidatorUnavailableError as ValidatorUnavailableError
 from resilience_kit.messaging import DeadLetter as DeadLetter
 from resilience_kit.messaging import DeadLetterFilter as DeadLetterFilter
@@ -169,6 +171,8 @@ __all__ = (
     "TokenRejectedError",
     "TokenRevokedError",
     "TokenSignatureError",
+    "TransportError",
+    "TransportUnavailableError",
     "ValidatorUnavailableError",
     "VerifiedToken",
     "VersionedTokenVerifier",
