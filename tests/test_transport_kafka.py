@@ -174,6 +174,7 @@ class FakeBroker:
         # An operation ("producer.start", "send", "consumer.start", "getone", "commit")
         # raises the exception set here, as aiokafka does when the broker fails.
         self.failures: dict[str, BaseException] = {}
+        self.hold_commits: anyio.Event | None = None  # commits wait for it while set
         self.changed: anyio.Event | None = None
 
     def notify(self) -> None:
@@ -271,6 +272,10 @@ class FakeConsumer:
             await self.broker.wait()
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.broker.hold_commits is not None:
+            await self.broker.hold_commits.wait()
+        # aiokafka would retry a commit on a stopped consumer forever.
+        assert not self.stopped
         if self.broker.fail_commits:
             raise CommitFailedError("rebalancing")
         self.broker.check("commit")
@@ -425,6 +430,54 @@ async def test_closing_ends_a_waiting_iteration_promptly(broker: FakeBroker) -> 
     assert broker.consumers[0].stopped
     with pytest.raises(StopAsyncIteration):
         await anext(aiter(subscriber))
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_closing_lets_the_commits_in_flight_finish(broker: FakeBroker) -> None:
+    async with KafkaTransport("k:9092") as kafka:
+        for n in range(2):
+            await kafka.publish("orgs", event("a", n))
+        subscriber = kafka.subscribe("orgs", group="g")
+        first, second = [await next_delivery(subscriber) for _ in range(2)]
+        broker.hold_commits = held = anyio.Event()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(subscriber.ack, first)  # committing
+                await anyio.wait_all_tasks_blocked()
+                tasks.start_soon(subscriber.ack, second)  # waiting for the first commit
+                await anyio.wait_all_tasks_blocked()
+                tasks.start_soon(subscriber.aclose)
+                await anyio.wait_all_tasks_blocked()
+                assert not broker.consumers[0].stopped
+                held.set()  # the broker answers
+        await subscriber.ack(second)  # after the close: changes nothing
+    partition = TopicPartition("orgs", int(first.id.split("-")[0]))
+    assert broker.commits == [{partition: 1}, {partition: 2}]
+    assert broker.consumers[0].stopped
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_closing_abandons_the_commits_a_silent_broker_holds(
+    broker: FakeBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kafka_module, "_CLOSE_GRACE", 0.05)
+    async with KafkaTransport("k:9092") as kafka:
+        for n in range(2):
+            await kafka.publish("orgs", event("a", n))
+        subscriber = kafka.subscribe("orgs", group="g")
+        first, second = [await next_delivery(subscriber) for _ in range(2)]
+        broker.hold_commits = anyio.Event()  # the broker never answers
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(subscriber.ack, first)
+                await anyio.wait_all_tasks_blocked()
+                tasks.start_soon(subscriber.ack, second)
+                await anyio.wait_all_tasks_blocked()
+                await subscriber.aclose()  # the acks return: the task group ends
+    assert broker.commits == []
+    assert broker.consumers[0].stopped
 
 
 @pytest.mark.anyio

@@ -79,6 +79,9 @@ _UNAVAILABLE = (
     "RequestTimedOutError",
 )
 
+# How long `KafkaSubscriber.aclose` lets commits in flight finish before abandoning them.
+_CLOSE_GRACE = 5.0
+
 _IDEMPOTENCE_HINT = (
     "; if this broker does not support idempotent producers (Tansu, for one, answers "
     "InitProducerId with UnknownError), use KafkaTransport(..., idempotent=False)"
@@ -411,6 +414,7 @@ class KafkaSubscriber(Closing):
         "__weakref__",
         "_closed",
         "_commit_lock",
+        "_commits",
         "_consumer",
         "_offsets",
         "_transport",
@@ -430,6 +434,7 @@ class KafkaSubscriber(Closing):
         self._consumer: Any = None
         self._offsets: dict[Any, PartitionOffsets] = {}  # by aiokafka TopicPartition
         self._commit_lock: anyio.Lock | None = None
+        self._commits: set[anyio.CancelScope] = set()  # in flight; aclose cancels them
         self._waiting: anyio.CancelScope | None = None
         self._closed = False
 
@@ -502,7 +507,9 @@ class KafkaSubscriber(Closing):
         """Stop iterating and leave the group (its partitions go to other members).
 
         Unacknowledged messages are not committed: whoever gets their partitions next
-        receives them again. Closing twice is fine.
+        receives them again. Commits already in flight (an `ack` racing the close) may
+        finish first, for up to 5 seconds; past that they are abandoned and their `ack`
+        returns (those messages may then be delivered again). Closing twice is fine.
         """
         if self._closed:
             return
@@ -510,7 +517,17 @@ class KafkaSubscriber(Closing):
         self._transport._subscribers.discard(self)
         if self._waiting is not None:
             self._waiting.cancel()
-        await self._stop_consumer()
+        try:
+            if self._commits and self._commit_lock is not None:
+                with anyio.move_on_after(_CLOSE_GRACE):
+                    async with self._commit_lock:  # fair: after the commits queued before
+                        pass
+        finally:
+            # aiokafka retries a commit forever once its consumer stopped: abandon them
+            # before stopping it.
+            for commit in list(self._commits):
+                commit.cancel()
+            await self._stop_consumer()
 
     async def _stop_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -568,33 +585,47 @@ class KafkaSubscriber(Closing):
         return listener_class()
 
     async def _commit(self, partitions: Mapping[Any, PartitionOffsets]) -> None:
-        """Commit the positions that moved on, one commit at a time (never backwards)."""
-        consumer = self._consumer
-        if consumer is None:
+        """Commit the positions that moved on, one commit at a time (never backwards).
+
+        `aclose` cancels the commits that outlive its grace, waiting for the lock
+        included: a cancelled commit returns, committing nothing.
+        """
+        if self._consumer is None:
             return
         if self._commit_lock is None:
             self._commit_lock = anyio.Lock()
+        with anyio.CancelScope() as scope:
+            self._commits.add(scope)
+            try:
+                async with self._commit_lock:
+                    await self._commit_locked(partitions)
+            finally:
+                self._commits.discard(scope)
+
+    async def _commit_locked(self, partitions: Mapping[Any, PartitionOffsets]) -> None:
+        consumer = self._consumer
+        if consumer is None:  # closed while this commit waited for the lock
+            return
         kafka = self._transport._kafka
-        async with self._commit_lock:
-            # Positions are read under the lock: a commit waiting behind another sends
-            # the latest position, and a later commit never carries an older one.
-            due: dict[Any, int] = {}
-            for partition, offsets in partitions.items():
-                position = offsets.position
-                if position is not None and offsets.needs_commit():
-                    due[partition] = position
-            if not due:
+        # Positions are read under the lock: a commit waiting behind another sends
+        # the latest position, and a later commit never carries an older one.
+        due: dict[Any, int] = {}
+        for partition, offsets in partitions.items():
+            position = offsets.position
+            if position is not None and offsets.needs_commit():
+                due[partition] = position
+        if not due:
+            return
+        with _broker_errors(kafka, self, "commit offsets"):
+            try:
+                await consumer.commit(due)
+            except (kafka.errors.CommitFailedError, kafka.errors.IllegalStateError) as exc:
+                logger.warning(
+                    "%r: commit failed during a rebalance (%s); those messages are "
+                    "delivered again to the partitions' next owner",
+                    self,
+                    exc,
+                )
                 return
-            with _broker_errors(kafka, self, "commit offsets"):
-                try:
-                    await consumer.commit(due)
-                except (kafka.errors.CommitFailedError, kafka.errors.IllegalStateError) as exc:
-                    logger.warning(
-                        "%r: commit failed during a rebalance (%s); those messages are "
-                        "delivered again to the partitions' next owner",
-                        self,
-                        exc,
-                    )
-                    return
-            for partition, position in due.items():
-                partitions[partition].mark_committed(position)
+        for partition, position in due.items():
+            partitions[partition].mark_committed(position)
