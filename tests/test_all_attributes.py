@@ -106,6 +106,7 @@ TOP_LEVEL_NAMES = (
     "TimeoutExceededError",
     "TokenIssuer",
     "TokenRejectedError",
+    "TransportUnavailableError",
     "VersionedTokenVerifier",
     "__version__",
     "idempotent",

@@ -15,6 +15,8 @@ from resilience_kit.errors import (
     ResilienceError,
     RetryExhaustedError,
     TimeoutExceededError,
+    TransportError,
+    TransportUnavailableError,
 )
 
 EXAMPLES: list[ResilienceError] = [
@@ -25,6 +27,8 @@ EXAMPLES: list[ResilienceError] = [
     TimeoutExceededError("db", seconds=2.0),
     BulkheadFullError("db", max_concurrent=10, max_waiting=5),
     InjectedFaultError("chaos"),
+    TransportError("Kafka refused it", transport="KafkaTransport('k:9092')"),
+    TransportUnavailableError("no broker answered", transport="KafkaTransport('k:9092')"),
 ]
 
 
@@ -54,7 +58,7 @@ def test_every_public_error_is_in_errors_and_the_top_level_keeps_the_caught_ones
         if isinstance(value := getattr(resilience_kit, name), type)
         and issubclass(value, BaseException)
     }
-    assert len(top_level_errors) == 12
+    assert len(top_level_errors) == 13
     for name in top_level_errors:
         assert getattr(resilience_kit, name) is getattr(errors, name)
     assert set(errors.__all__) == {

@@ -8,6 +8,7 @@ against a real broker when KAFKA_BOOTSTRAP_SERVERS is set.
 from __future__ import annotations
 
 import logging
+import socket
 import zlib
 from collections import namedtuple
 from collections.abc import Iterator
@@ -19,14 +20,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilience_kit.errors import ConfigurationError
+from resilience_kit.errors import ConfigurationError, TransportError, TransportUnavailableError
 from resilience_kit.messaging import Event
 from resilience_kit.messaging._protocols import Delivery, Publisher, Subscriber
 from resilience_kit.transports import kafka as kafka_module
 from resilience_kit.transports._offsets import PartitionOffsets
 from resilience_kit.transports.kafka import KafkaSubscriber, KafkaTransport
+from tests.servers import free_port
 
-pytest.importorskip("aiokafka", reason="the kafka extra is not installed")
+kafka_errors = pytest.importorskip("aiokafka.errors", reason="the kafka extra is not installed")
 
 
 def event(key: str, n: int = 0) -> Event:
@@ -145,16 +147,8 @@ TopicPartition = namedtuple("TopicPartition", ["topic", "partition"])
 Record = namedtuple("Record", ["topic", "partition", "offset", "key", "value", "headers"])
 
 
-class ConsumerStoppedError(Exception):
-    pass
-
-
-class CommitFailedError(Exception):
-    pass
-
-
-class IllegalStateError(Exception):
-    pass
+ConsumerStoppedError = kafka_errors.ConsumerStoppedError
+CommitFailedError = kafka_errors.CommitFailedError
 
 
 class ConsumerRebalanceListener:
@@ -177,12 +171,21 @@ class FakeBroker:
         self.producers: list[FakeProducer] = []
         self.consumers: list[FakeConsumer] = []
         self.fail_commits = False
+        # An operation ("producer.start", "send", "consumer.start", "getone", "commit")
+        # raises the exception set here, as aiokafka does when the broker fails.
+        self.failures: dict[str, BaseException] = {}
+        self.hold_commits: anyio.Event | None = None  # commits wait for it while set
         self.changed: anyio.Event | None = None
 
     def notify(self) -> None:
         if self.changed is not None:
             self.changed.set()
             self.changed = None
+
+    def check(self, operation: str) -> None:
+        failure = self.failures.get(operation)
+        if failure is not None:
+            raise failure
 
     async def wait(self) -> None:
         if self.changed is None:
@@ -197,9 +200,7 @@ class FakeBroker:
             ConsumerRebalanceListener=ConsumerRebalanceListener,
             TopicPartition=TopicPartition,
             ConsumerStoppedError=ConsumerStoppedError,
-            errors=SimpleNamespace(
-                CommitFailedError=CommitFailedError, IllegalStateError=IllegalStateError
-            ),
+            errors=kafka_errors,
         )
 
 
@@ -211,6 +212,7 @@ class FakeProducer:
 
     async def start(self) -> None:
         await anyio.lowlevel.checkpoint()  # let a concurrent publish race for the start
+        self.broker.check("producer.start")
         self.started = True
 
     async def stop(self) -> None:
@@ -221,6 +223,7 @@ class FakeProducer:
     ) -> None:
         assert self.started
         assert not self.stopped
+        self.broker.check("send")
         partition = 0 if key is None else zlib.crc32(key) % self.broker.partitions
         log = self.broker.logs.setdefault(TopicPartition(topic, partition), [])
         log.append(Record(topic, partition, len(log), key, value, headers))
@@ -248,6 +251,7 @@ class FakeConsumer:
         return assigned
 
     async def start(self) -> None:
+        self.broker.check("consumer.start")
         await self.listener.on_partitions_assigned(self._assign())
 
     async def rebalance(self) -> None:
@@ -256,6 +260,7 @@ class FakeConsumer:
         await self.listener.on_partitions_assigned(self._assign())
 
     async def getone(self) -> Record:
+        self.broker.check("getone")
         while True:
             if self.stopped:
                 raise ConsumerStoppedError
@@ -267,8 +272,13 @@ class FakeConsumer:
             await self.broker.wait()
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.broker.hold_commits is not None:
+            await self.broker.hold_commits.wait()
+        # aiokafka would retry a commit on a stopped consumer forever.
+        assert not self.stopped
         if self.broker.fail_commits:
             raise CommitFailedError("rebalancing")
+        self.broker.check("commit")
         self.broker.commits.append(dict(offsets))
         for tp, position in offsets.items():
             self.broker.committed[(self.group, tp)] = position
@@ -424,6 +434,54 @@ async def test_closing_ends_a_waiting_iteration_promptly(broker: FakeBroker) -> 
 
 @pytest.mark.anyio
 @asyncio_only
+async def test_closing_lets_the_commits_in_flight_finish(broker: FakeBroker) -> None:
+    async with KafkaTransport("k:9092") as kafka:
+        for n in range(2):
+            await kafka.publish("orgs", event("a", n))
+        subscriber = kafka.subscribe("orgs", group="g")
+        first, second = [await next_delivery(subscriber) for _ in range(2)]
+        broker.hold_commits = held = anyio.Event()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(subscriber.ack, first)  # committing
+                await anyio.wait_all_tasks_blocked()
+                tasks.start_soon(subscriber.ack, second)  # waiting for the first commit
+                await anyio.wait_all_tasks_blocked()
+                tasks.start_soon(subscriber.aclose)
+                await anyio.wait_all_tasks_blocked()
+                assert not broker.consumers[0].stopped
+                held.set()  # the broker answers
+        await subscriber.ack(second)  # after the close: changes nothing
+    partition = TopicPartition("orgs", int(first.id.split("-")[0]))
+    assert broker.commits == [{partition: 1}, {partition: 2}]
+    assert broker.consumers[0].stopped
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_closing_abandons_the_commits_a_silent_broker_holds(
+    broker: FakeBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kafka_module, "_CLOSE_GRACE", 0.05)
+    async with KafkaTransport("k:9092") as kafka:
+        for n in range(2):
+            await kafka.publish("orgs", event("a", n))
+        subscriber = kafka.subscribe("orgs", group="g")
+        first, second = [await next_delivery(subscriber) for _ in range(2)]
+        broker.hold_commits = anyio.Event()  # the broker never answers
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(subscriber.ack, first)
+                await anyio.wait_all_tasks_blocked()
+                tasks.start_soon(subscriber.ack, second)
+                await anyio.wait_all_tasks_blocked()
+                await subscriber.aclose()  # the acks return: the task group ends
+    assert broker.commits == []
+    assert broker.consumers[0].stopped
+
+
+@pytest.mark.anyio
+@asyncio_only
 async def test_a_delivery_from_another_subscriber_cannot_be_acked(broker: FakeBroker) -> None:
     async with KafkaTransport("k:9092") as kafka:
         await kafka.publish("orgs", event("a"))
@@ -434,3 +492,134 @@ async def test_a_delivery_from_another_subscriber_cannot_be_acked(broker: FakeBr
             delivery = await next_delivery(billing)
             with pytest.raises(ValueError, match="another subscriber"):
                 await audit.ack(delivery)
+
+
+# -- broker failures become the library's errors -------------------------------------------
+
+
+async def fail_at(kafka: KafkaTransport, broker: FakeBroker, operation: str) -> None:
+    """Run what reaches ``operation`` in the fake: a publish, a first delivery or an ack."""
+    if operation in ("producer.start", "send"):
+        await kafka.publish("orgs", event("a"))
+        return
+    if operation == "commit":
+        await kafka.publish("orgs", event("a"))
+        async with kafka.subscribe("orgs", group="g") as subscriber:
+            delivery = await next_delivery(subscriber)
+            broker.failures["commit"] = broker.failures.pop("pending")
+            await subscriber.ack(delivery)
+        return
+    async with kafka.subscribe("orgs", group="g") as subscriber:
+        await next_delivery(subscriber)
+
+
+OPERATIONS = ["producer.start", "send", "consumer.start", "getone", "commit"]
+
+
+@pytest.mark.anyio
+@asyncio_only
+@pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.parametrize(
+    "failure",
+    [
+        kafka_errors.KafkaConnectionError("Unable to bootstrap from [('k', 9092)]"),
+        kafka_errors.KafkaTimeoutError(),
+        kafka_errors.RequestTimedOutError(),
+        kafka_errors.NodeNotReadyError(),
+        ConnectionRefusedError(111, "Connect call failed"),
+        TimeoutError(),
+    ],
+    ids=lambda failure: type(failure).__name__,
+)
+async def test_a_broker_that_does_not_answer_raises_transport_unavailable(
+    broker: FakeBroker, operation: str, failure: BaseException
+) -> None:
+    broker.failures["pending" if operation == "commit" else operation] = failure
+    async with KafkaTransport("k:9092") as kafka:
+        with pytest.raises(TransportUnavailableError) as raised:
+            await fail_at(kafka, broker, operation)
+    assert isinstance(raised.value, ConnectionError)
+    assert raised.value.__cause__ is failure
+    assert raised.value.transport.startswith(("KafkaTransport(", "KafkaSubscriber("))
+    assert "unreachable or did not answer in time" in str(raised.value)
+
+
+@pytest.mark.anyio
+@asyncio_only
+@pytest.mark.parametrize("operation", OPERATIONS)
+async def test_a_broker_that_refuses_raises_transport_error(
+    broker: FakeBroker, operation: str
+) -> None:
+    failure = kafka_errors.TopicAuthorizationFailedError()
+    broker.failures["pending" if operation == "commit" else operation] = failure
+    async with KafkaTransport("k:9092", idempotent=False) as kafka:
+        with pytest.raises(TransportError) as raised:
+            await fail_at(kafka, broker, operation)
+    assert not isinstance(raised.value, TransportUnavailableError)
+    assert raised.value.__cause__ is failure
+    assert "Kafka refused (TopicAuthorizationFailedError" in str(raised.value)
+    assert "idempotent=False" not in str(raised.value)
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_a_broker_refusing_an_idempotent_producer_says_how_to_turn_it_off(
+    broker: FakeBroker,
+) -> None:
+    broker.failures["producer.start"] = kafka_errors.UnknownError()
+    async with KafkaTransport("k:9092") as kafka:
+        with pytest.raises(TransportError, match=r"idempotent=False"):
+            await kafka.publish("orgs", event("a"))
+        del broker.failures["producer.start"]
+        await kafka.publish("orgs", event("a"))  # the next publish starts a new producer
+    assert [producer.started for producer in broker.producers] == [False, True]
+    assert all(producer.stopped for producer in broker.producers)
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_a_subscriber_that_could_not_join_can_be_iterated_again(broker: FakeBroker) -> None:
+    async with KafkaTransport("k:9092") as kafka:
+        await kafka.publish("orgs", event("a", 7))
+        async with kafka.subscribe("orgs", group="g") as subscriber:
+            broker.failures["consumer.start"] = kafka_errors.KafkaConnectionError()
+            with pytest.raises(TransportUnavailableError):
+                await next_delivery(subscriber)
+            del broker.failures["consumer.start"]
+            assert number(await next_delivery(subscriber)) == 7
+    first, second = broker.consumers
+    assert (first.stopped, second.stopped) == (True, True)
+
+
+# -- against real aiokafka, with no broker --------------------------------------------------
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_a_closed_port_fails_publish_and_subscribe_at_once() -> None:
+    port = free_port()  # nothing listens there
+    with anyio.fail_after(10):  # aiokafka fails the bootstrap at the first refusal
+        async with KafkaTransport(f"127.0.0.1:{port}") as kafka:
+            with pytest.raises(TransportUnavailableError, match="Unable to bootstrap"):
+                await kafka.publish("orgs", event("a"))
+            with pytest.raises(TransportUnavailableError, match="join group 'g'"):
+                await anext(aiter(kafka.subscribe("orgs", group="g")))
+            with pytest.raises(ConnectionError):  # what a RetryPolicy(on=ConnectionError) sees
+                await kafka.publish_raw("orgs", b"x")
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_a_broker_that_never_answers_fails_after_the_request_timeout() -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog), answers nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        servers = f"127.0.0.1:{silent.getsockname()[1]}"
+        options = {"request_timeout_ms": 300}
+        kafka = KafkaTransport(servers, producer_options=options, consumer_options=options)
+        with anyio.fail_after(10):
+            async with kafka:
+                with pytest.raises(TransportUnavailableError):
+                    await kafka.publish("orgs", event("a"))
+                with pytest.raises(TransportUnavailableError):
+                    await anext(aiter(kafka.subscribe("orgs", group="g")))

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from resilience_kit.errors import StoreUnavailableError as StoreUnavailableError
     from resilience_kit.errors import TimeoutExceededError as TimeoutExceededError
     from resilience_kit.errors import TokenRejectedError as TokenRejectedError
+    from resilience_kit.errors import TransportUnavailableError as TransportUnavailableError
     from resilience_kit.messaging import DeadLetterFilter as DeadLetterFilter
     from resilience_kit.messaging import DeadLetterQueue as DeadLetterQueue
     from resilience_kit.messaging import Event as Event
@@ -99,6 +100,7 @@ __all__ = (
     "TimeoutExceededError",
     "TokenIssuer",
     "TokenRejectedError",
+    "TransportUnavailableError",
     "VersionedTokenVerifier",
     "__version__",
     "idempotent",

@@ -63,6 +63,7 @@ TOP_LEVEL: Final[Mapping[str, str]] = {
     "ResilienceError": _ERRORS,
     "RetryExhaustedError": _ERRORS,
     "StoreUnavailableError": _ERRORS,
+    "TransportUnavailableError": _ERRORS,
     "TimeoutExceededError": _ERRORS,
     "TokenRejectedError": _ERRORS,
 }

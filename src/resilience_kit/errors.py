@@ -20,6 +20,8 @@ ResilienceError
 ├── StoreError                               a messaging store could not do what was asked
 │   ├── StoreUnavailableError (also ConnectionError)  its database or server is unreachable
 │   └── CorruptRecordError (also ValueError)          a stored record cannot be read back
+├── TransportError                           a message broker refused what a transport asked
+│   └── TransportUnavailableError (also ConnectionError)  the broker is unreachable or silent
 ├── IdempotencyError                         an idempotent call was refused
 │   ├── IdempotencyKeyError (also ValueError)         the key is missing, empty or too long
 │   ├── IdempotencyConflictError             the key was used before with a different request
@@ -83,6 +85,8 @@ __all__ = (
     "TokenRejectedError",
     "TokenRevokedError",
     "TokenSignatureError",
+    "TransportError",
+    "TransportUnavailableError",
     "ValidatorUnavailableError",
 )
 
@@ -594,6 +598,38 @@ class CorruptRecordError(StoreError, ValueError):
     def __init__(self, message: str, *, store: str, record: str) -> None:
         self.record = record
         super().__init__(message, store=store)
+
+
+class TransportError(ResilienceError):
+    """Raised when a message broker refuses what a transport asked of it (publish, consume, commit).
+
+    The broker client's own exception is chained as ``__cause__``, so its details are
+    kept without catching it by the client's types.
+
+    Attributes:
+        transport: the transport, as its repr (never with a password).
+
+    Examples:
+        >>> error = TransportError("Kafka refused it", transport="KafkaTransport('k:9092')")
+        >>> error.transport, str(error)
+        ("KafkaTransport('k:9092')", 'Kafka refused it')
+    """
+
+    def __init__(self, message: str, *, transport: str) -> None:
+        self.transport = transport
+        super().__init__(message)
+
+
+class TransportUnavailableError(TransportError, ConnectionError):
+    """Raised when a transport's broker cannot be reached, or did not answer in time.
+
+    It is also a built-in `ConnectionError`, so ``RetryPolicy(on=ConnectionError)``
+    retries it.
+
+    Examples:
+        >>> issubclass(TransportUnavailableError, ConnectionError)
+        True
+    """
 
 
 class IdempotencyError(ResilienceError):

@@ -24,14 +24,15 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
 
 from resilience_kit._checks import check_name, check_topic
-from resilience_kit.errors import ConfigurationError
+from resilience_kit.errors import ConfigurationError, TransportError, TransportUnavailableError
 from resilience_kit.messaging._event import Event
 from resilience_kit.messaging._protocols import Delivery
 from resilience_kit.transports._checks import check_data, check_event, check_key
@@ -66,6 +67,59 @@ def _require_asyncio(owner: str) -> None:
             f"{owner} runs on asyncio only: aiokafka is built on asyncio, and this code "
             "runs on another event loop (trio?). On trio, use RedisStreams or MemoryBus."
         ) from None
+
+
+# aiokafka's errors that mean "no broker answered", as opposed to "a broker said no".
+_UNAVAILABLE = (
+    "BrokerNotAvailableError",
+    "KafkaConnectionError",
+    "KafkaTimeoutError",
+    "KafkaUnavailableError",
+    "NoBrokersAvailable",
+    "NodeNotReadyError",
+    "RequestTimedOutError",
+)
+
+# How long `KafkaSubscriber.aclose` lets commits in flight finish before abandoning them.
+_CLOSE_GRACE = 5.0
+
+_IDEMPOTENCE_HINT = (
+    "; if this broker does not support idempotent producers (Tansu, for one, answers "
+    "InitProducerId with UnknownError), use KafkaTransport(..., idempotent=False)"
+)
+
+
+@contextmanager
+def _broker_errors(kafka: Any, owner: object, doing: str, hint: str = "") -> Iterator[None]:
+    """Raise aiokafka's failures as the library's `TransportError` family, chained.
+
+    Callers catch one documented error tree instead of aiokafka's, and a retry policy
+    can tell a broker that is away (`TransportUnavailableError`, a `ConnectionError`)
+    from one that refuses (`TransportError`).
+    """
+    errors = kafka.errors
+    try:
+        yield
+    except TransportError:
+        raise
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise TransportUnavailableError(
+            f"{owner!r} could not {doing}: the broker is unreachable or did not answer "
+            f"in time ({type(exc).__name__}: {exc})",
+            transport=repr(owner),
+        ) from exc
+    except errors.KafkaError as exc:
+        unavailable = tuple(getattr(errors, name) for name in _UNAVAILABLE)
+        if isinstance(exc, unavailable):
+            raise TransportUnavailableError(
+                f"{owner!r} could not {doing}: the broker is unreachable or did not "
+                f"answer in time ({type(exc).__name__}: {exc})",
+                transport=repr(owner),
+            ) from exc
+        raise TransportError(
+            f"{owner!r} could not {doing}: Kafka refused ({type(exc).__name__}: {exc}){hint}",
+            transport=repr(owner),
+        ) from exc
 
 
 def _check_servers(servers: object) -> str | list[str]:
@@ -129,6 +183,16 @@ class KafkaTransport(Closing):
     out) or the group restarts. Kafka does not count deliveries: `Delivery.attempt`
     is always 1. Retention is the topic's (``retention.ms``), regardless of groups.
 
+    **Failures.** What Kafka or the network does wrong reaches you as the library's
+    errors, never as aiokafka's (chained as ``__cause__``): `TransportUnavailableError`
+    (also a `ConnectionError`) when no broker answers, `TransportError` when a broker
+    refuses. Publishing, joining a group, fetching and committing raise them. A closed
+    port fails at once; a broker that accepts connections but does not answer fails
+    after ``request_timeout_ms`` (aiokafka's default: 40 s; set it in
+    ``producer_options`` and ``consumer_options``, keeping the consumer's longer than a
+    group join, which a broker may hold for seconds). A member that already joined its
+    group keeps waiting for messages while its broker is away: aiokafka reconnects.
+
     Args:
         bootstrap_servers: ``"host:port"``, several separated by commas, or a list.
         client_id: the Kafka client id of the producer (and of consumers without a
@@ -136,7 +200,11 @@ class KafkaTransport(Closing):
         acks: how many replicas must have a message before `publish` returns:
             ``"all"``, ``1`` (the leader) or ``0`` (none: messages can be lost).
         idempotent: let the broker de-duplicate the producer's retries (needs
-            ``acks="all"``).
+            ``acks="all"``). On by default, as in Kafka's own clients since 3.0: a
+            producer that retries a send whose acknowledgement was lost would otherwise
+            write the message twice. Turn it off only for
+            a broker without idempotent producers — Tansu, for one, refuses them, and
+            the first `publish` then raises `TransportError` saying so.
         producer_options: more `aiokafka.AIOKafkaProducer` options (compression,
             security, timeouts).
         consumer_options: more `aiokafka.AIOKafkaConsumer` options (security,
@@ -215,7 +283,9 @@ class KafkaTransport(Closing):
 
         Raises:
             EventTooLargeError: the event's JSON is larger than 1 MiB.
-            aiokafka.errors.KafkaError: the broker refused it or could not be reached.
+            TransportUnavailableError: no broker could be reached, or none answered in
+                time (``request_timeout_ms``).
+            TransportError: the broker refused the message (or the producer).
             RuntimeError: not on asyncio, or the transport is closed.
         """
         name = check_topic(topic)
@@ -232,7 +302,9 @@ class KafkaTransport(Closing):
         Raises:
             TypeError: ``data`` is not bytes.
             ConfigurationError: ``key`` is not a valid key.
-            aiokafka.errors.KafkaError: the broker refused it or could not be reached.
+            TransportUnavailableError: no broker could be reached, or none answered in
+                time.
+            TransportError: the broker refused the message (or the producer).
             RuntimeError: not on asyncio, or the transport is closed.
         """
         name = check_topic(topic)
@@ -246,7 +318,8 @@ class KafkaTransport(Closing):
         self._check_open()
         _require_asyncio("KafkaTransport")
         producer = await self._start_producer()
-        await producer.send_and_wait(topic, value=data, key=key, headers=headers)
+        with _broker_errors(self._kafka, self, f"publish to {topic!r}"):
+            await producer.send_and_wait(topic, value=data, key=key, headers=headers)
 
     async def _start_producer(self) -> Any:
         if self._producer is not None:
@@ -264,12 +337,14 @@ class KafkaTransport(Closing):
                 if self.client_id is not None:
                     options["client_id"] = self.client_id
                 producer = self._kafka.AIOKafkaProducer(**options)
-                try:
-                    await producer.start()
-                except BaseException:
-                    with anyio.CancelScope(shield=True):
-                        await producer.stop()
-                    raise
+                hint = _IDEMPOTENCE_HINT if self.idempotent else ""
+                with _broker_errors(self._kafka, self, "start its producer", hint):
+                    try:
+                        await producer.start()
+                    except BaseException:
+                        with anyio.CancelScope(shield=True):
+                            await producer.stop()
+                        raise
                 self._producer = producer
         return self._producer
 
@@ -316,10 +391,12 @@ class KafkaSubscriber(Closing):
     """A member of a Kafka consumer group: iterate it for deliveries, ack each one.
 
     Get one from `KafkaTransport.subscribe`. The first iteration starts the consumer
-    and joins the group. `ack` commits its partition's offset up to the first message
-    not yet acknowledged; acknowledging a message of a partition this member has lost
-    since (a rebalance) does nothing — its new owner receives it again. When partitions
-    are revoked, what can be committed is committed first.
+    and joins the group: it raises `TransportUnavailableError` when no broker can be
+    reached and `TransportError` when Kafka refuses; iterating again tries again.
+    `ack` commits its partition's offset up to the first message not yet acknowledged;
+    acknowledging a message of a partition this member has lost since (a rebalance)
+    does nothing — its new owner receives it again. When partitions are revoked, what
+    can be committed is committed first.
 
     Attributes:
         topic: the topic.
@@ -340,6 +417,7 @@ class KafkaSubscriber(Closing):
         "__weakref__",
         "_closed",
         "_commit_lock",
+        "_commits",
         "_consumer",
         "_offsets",
         "_transport",
@@ -359,6 +437,7 @@ class KafkaSubscriber(Closing):
         self._consumer: Any = None
         self._offsets: dict[Any, PartitionOffsets] = {}  # by aiokafka TopicPartition
         self._commit_lock: anyio.Lock | None = None
+        self._commits: set[anyio.CancelScope] = set()  # in flight; aclose cancels them
         self._waiting: anyio.CancelScope | None = None
         self._closed = False
 
@@ -381,7 +460,8 @@ class KafkaSubscriber(Closing):
             self._waiting = waiting
             try:
                 consumer = self._consumer or await self._start()
-                record = await consumer.getone()
+                with _broker_errors(kafka, self, "fetch messages"):
+                    record = await consumer.getone()
             except kafka.ConsumerStoppedError:
                 if not self._closed:
                     raise
@@ -414,8 +494,9 @@ class KafkaSubscriber(Closing):
 
         Raises:
             ValueError: ``delivery`` came from another subscriber.
-            aiokafka.errors.KafkaError: the commit failed for another reason than a
-                rebalance (the message is delivered again if nothing commits later).
+            TransportError: the commit failed for another reason than a rebalance
+                (`TransportUnavailableError`: the broker is away); the message is
+                delivered again if nothing commits later.
         """
         ticket = delivery.handle
         if not isinstance(ticket, _Ticket) or ticket.subscriber is not self:
@@ -429,7 +510,9 @@ class KafkaSubscriber(Closing):
         """Stop iterating and leave the group (its partitions go to other members).
 
         Unacknowledged messages are not committed: whoever gets their partitions next
-        receives them again. Closing twice is fine.
+        receives them again. Commits already in flight (an `ack` racing the close) may
+        finish first, for up to 5 seconds; past that they are abandoned and their `ack`
+        returns (those messages may then be delivered again). Closing twice is fine.
         """
         if self._closed:
             return
@@ -437,7 +520,17 @@ class KafkaSubscriber(Closing):
         self._transport._subscribers.discard(self)
         if self._waiting is not None:
             self._waiting.cancel()
-        await self._stop_consumer()
+        try:
+            if self._commits and self._commit_lock is not None:
+                with anyio.move_on_after(_CLOSE_GRACE):
+                    async with self._commit_lock:  # fair: after the commits queued before
+                        pass
+        finally:
+            # aiokafka retries a commit forever once its consumer stopped: abandon them
+            # before stopping it.
+            for commit in list(self._commits):
+                commit.cancel()
+            await self._stop_consumer()
 
     async def _stop_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -460,12 +553,13 @@ class KafkaSubscriber(Closing):
             options["client_id"] = client_id
         consumer = kafka.AIOKafkaConsumer(**options)
         consumer.subscribe(topics=[self.topic], listener=self._listener(kafka))
-        try:
-            await consumer.start()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await consumer.stop()
-            raise
+        with _broker_errors(kafka, self, f"join group {self.group!r}"):
+            try:
+                await consumer.start()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await consumer.stop()
+                raise
         self._consumer = consumer
         return consumer
 
@@ -494,23 +588,38 @@ class KafkaSubscriber(Closing):
         return listener_class()
 
     async def _commit(self, partitions: Mapping[Any, PartitionOffsets]) -> None:
-        """Commit the positions that moved on, one commit at a time (never backwards)."""
-        consumer = self._consumer
-        if consumer is None:
+        """Commit the positions that moved on, one commit at a time (never backwards).
+
+        `aclose` cancels the commits that outlive its grace, waiting for the lock
+        included: a cancelled commit returns, committing nothing.
+        """
+        if self._consumer is None:
             return
         if self._commit_lock is None:
             self._commit_lock = anyio.Lock()
+        with anyio.CancelScope() as scope:
+            self._commits.add(scope)
+            try:
+                async with self._commit_lock:
+                    await self._commit_locked(partitions)
+            finally:
+                self._commits.discard(scope)
+
+    async def _commit_locked(self, partitions: Mapping[Any, PartitionOffsets]) -> None:
+        consumer = self._consumer
+        if consumer is None:  # closed while this commit waited for the lock
+            return
         kafka = self._transport._kafka
-        async with self._commit_lock:
-            # Positions are read under the lock: a commit waiting behind another sends
-            # the latest position, and a later commit never carries an older one.
-            due: dict[Any, int] = {}
-            for partition, offsets in partitions.items():
-                position = offsets.position
-                if position is not None and offsets.needs_commit():
-                    due[partition] = position
-            if not due:
-                return
+        # Positions are read under the lock: a commit waiting behind another sends
+        # the latest position, and a later commit never carries an older one.
+        due: dict[Any, int] = {}
+        for partition, offsets in partitions.items():
+            position = offsets.position
+            if position is not None and offsets.needs_commit():
+                due[partition] = position
+        if not due:
+            return
+        with _broker_errors(kafka, self, "commit offsets"):
             try:
                 await consumer.commit(due)
             except (kafka.errors.CommitFailedError, kafka.errors.IllegalStateError) as exc:
@@ -521,5 +630,5 @@ class KafkaSubscriber(Closing):
                     exc,
                 )
                 return
-            for partition, position in due.items():
-                partitions[partition].mark_committed(position)
+        for partition, position in due.items():
+            partitions[partition].mark_committed(position)
