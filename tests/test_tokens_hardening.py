@@ -443,3 +443,43 @@ async def test_a_background_refresh_installs_the_new_key_set(clock: SteppedClock
         assert source.versions == ("k0", "k1")
         with pytest.raises(RuntimeError, match="already running"):
             await source.__aenter__()
+
+
+@pytest.mark.anyio
+async def test_leaving_the_block_at_once_leaves_no_refresh_pending(clock: SteppedClock) -> None:
+    pytest.importorskip("jwt", reason="JWKS needs the 'jwt' extra")
+    from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
+    from jwt.algorithms import OKPAlgorithm  # noqa: PLC0415
+
+    private = ed25519.Ed25519PrivateKey.generate()
+    public = {**OKPAlgorithm.to_jwk(private.public_key(), as_dict=True), "kid": "k1"}
+
+    async def fetch() -> dict[str, Any]:
+        await anyio.lowlevel.checkpoint()
+        return {"keys": [public]}
+
+    signer = Keyring(clock=clock)
+    signer.add("k1", private, algorithm="EdDSA", state=KeyState.ACTIVE)
+    token = TokenIssuer(signer, lifetime=3600.0, clock=clock).issue("ada")
+    source = JWKSKeySource(fetch=fetch, refresh_interval=300.0, clock=clock)
+    verifier = VersionedTokenVerifier(source, cache_ttl=0, clock=clock)
+    async with source:
+        await verifier.averify(token)
+        clock.advance(301.0)
+        await verifier.averify(token)  # starts a background refresh; the block ends now
+    assert source.fetches == 2
+    clock.advance(301.0)
+    assert await source.refresh() is True  # nothing left waiting on the abandoned one
+
+
+def test_an_ecdsa_signature_of_the_wrong_length_is_a_bad_signature(ecdsa: Any) -> None:
+    ring = Keyring()
+    ring.add(
+        "e1",
+        ecdsa.generate_private_key(ecdsa.SECP256R1()),
+        algorithm="ES256",
+        state=KeyState.ACTIVE,
+    )
+    token = TokenIssuer(ring).issue("ada")
+    short = token.rpartition(".")[0] + "." + b64(b"\x01" * 40)
+    assert reason_of(VersionedTokenVerifier(ring), short) == "bad_signature"

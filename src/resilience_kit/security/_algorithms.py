@@ -123,7 +123,7 @@ def prepare_key(algorithm: str, key: object) -> tuple[Any, Any]:
                 "key",
                 f"{algorithm} needs curve {_EC_CURVES.get(algorithm)}, got {prepared.curve.name}",
             )
-        if not isinstance(getattr(prepared.curve, "group_order", None), int):
+        if not isinstance(getattr(prepared.curve, "group_order", None), int):  # pragma: no cover
             # Without the curve's order, high-S signatures can be neither refused nor
             # avoided (see `high_s`): refuse the key rather than one token in two.
             raise ConfigurationError(
