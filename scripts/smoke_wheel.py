@@ -124,7 +124,7 @@ def check_jwt() -> None:
     signer.add("2026-01", private_key, algorithm="EdDSA", state=KeyState.ACTIVE)
     verifying = Keyring()
     verifying.add("2026-01", private_key.public_key(), algorithm="EdDSA")
-    token = TokenIssuer(signer, kind="jwt", audience="api").issue("user-42")
+    token = TokenIssuer(signer, audience="api").issue("user-42")
     verifier = VersionedTokenVerifier(verifying, audience="api")
     assert verifier.verify(token).algorithm == "EdDSA"
 

@@ -50,6 +50,12 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def pyjwt_verifier(*args: Any, **kwargs: Any) -> VersionedTokenVerifier:
+    """A verifier for PyJWT's tokens: PyJWT leaves one ECDSA signature in two high-S."""
+    kwargs.setdefault("allow_high_s", True)
+    return VersionedTokenVerifier(*args, **kwargs)
+
+
 def claims(**extra: Any) -> dict[str, Any]:
     return {"sub": "ada", "iat": START, "exp": START + 600, **extra}
 
@@ -120,7 +126,7 @@ def test_pyjwt_issued_tokens_verify(
         algorithm=algorithm,
         headers={"kid": algorithm.lower()},
     )
-    verifier = VersionedTokenVerifier(ring, clock=clock)
+    verifier = pyjwt_verifier(ring, clock=clock)
     verified = verifier.verify(token)
     assert dict(verified.claims) == claims(role="admin")
     assert (verified.kind, verified.key_version, verified.algorithm) == (
@@ -139,7 +145,7 @@ async def test_pyjwt_issued_tokens_verify_async(
     token = jwt.encode(
         claims(), keys[algorithm], algorithm=algorithm, headers={"kid": algorithm.lower()}
     )
-    verified = await VersionedTokenVerifier(ring, clock=clock).averify(token)
+    verified = await pyjwt_verifier(ring, clock=clock).averify(token)
     assert verified.subject == "ada"
 
 
@@ -147,7 +153,7 @@ async def test_pyjwt_issued_tokens_verify_async(
 def test_our_jwts_decode_with_pyjwt(keys: dict[str, Any], algorithm: str) -> None:
     ring = Keyring()
     ring.add("k1", keys[algorithm], algorithm=algorithm, state=KeyState.ACTIVE)
-    issuer = TokenIssuer(ring, kind="jwt", issuer="idp", audience="api", lifetime=60.0)
+    issuer = TokenIssuer(ring, issuer="idp", audience="api", lifetime=60.0)
     token = issuer.issue("ada", claims={"role": "admin"})
     assert jwt.get_unverified_header(token)["kid"] == "k1"
     decoded = jwt.decode(
@@ -155,7 +161,7 @@ def test_our_jwts_decode_with_pyjwt(keys: dict[str, Any], algorithm: str) -> Non
     )
     assert decoded["sub"] == "ada"
     assert decoded["role"] == "admin"
-    verifier = VersionedTokenVerifier(ring, issuer="idp", audience="api")
+    verifier = pyjwt_verifier(ring, issuer="idp", audience="api")
     assert verifier.verify(token).claims["role"] == "admin"
 
 
@@ -169,7 +175,7 @@ def test_a_tampered_jwt_fails(
     header, _, signature = token.split(".")
     forged = f"{header}.{b64(json.dumps(claims(sub='root')).encode())}.{signature}"
     with pytest.raises(TokenRejectedError) as info:
-        VersionedTokenVerifier(ring, clock=clock).verify(forged)
+        pyjwt_verifier(ring, clock=clock).verify(forged)
     assert info.value.reason == "bad_signature"
     assert info.value.key_version == algorithm.lower()
 
@@ -182,18 +188,18 @@ def test_alg_none_is_never_accepted(ring: Keyring, clock: VirtualClock, alg: str
     for kid in ("hs256", "rs256", "unknown"):
         token = forge({"alg": alg, "kid": kid, "typ": "JWT"}, claims())
         with pytest.raises(TokenAlgorithmError) as info:
-            VersionedTokenVerifier(ring, clock=clock).verify(token)
+            pyjwt_verifier(ring, clock=clock).verify(token)
         assert info.value.reason == "algorithm_not_allowed"
     pyjwt_none = jwt.encode(claims(), None, algorithm="none", headers={"kid": "rs256"})
     with pytest.raises(TokenAlgorithmError):
-        VersionedTokenVerifier(ring, clock=clock).verify(pyjwt_none)
+        pyjwt_verifier(ring, clock=clock).verify(pyjwt_none)
 
 
 def test_the_public_key_used_as_an_hmac_secret_is_refused(
     ring: Keyring, clock: VirtualClock, keys: dict[str, Any]
 ) -> None:
     """The classic attack: sign HS256 with the RS256 public key, which everyone knows."""
-    verifier = VersionedTokenVerifier(ring, clock=clock)
+    verifier = pyjwt_verifier(ring, clock=clock)
     for algorithm in ("RS256", "ES256", "EdDSA"):
         public_pem = pem(keys[algorithm])
         token = forge(
@@ -211,10 +217,10 @@ def test_an_hmac_key_never_verifies_an_asymmetric_token(
 ) -> None:
     token = jwt.encode(claims(), keys["RS256"], algorithm="RS256", headers={"kid": "hs256"})
     with pytest.raises(TokenAlgorithmError):
-        VersionedTokenVerifier(ring, clock=clock).verify(token)
+        pyjwt_verifier(ring, clock=clock).verify(token)
     token = jwt.encode(claims(), keys["ES256"], algorithm="ES256", headers={"kid": "rs256"})
     with pytest.raises(TokenAlgorithmError):
-        VersionedTokenVerifier(ring, clock=clock).verify(token)
+        pyjwt_verifier(ring, clock=clock).verify(token)
 
 
 @pytest.mark.parametrize(
@@ -237,7 +243,7 @@ def test_a_public_key_cannot_enter_the_keyring_as_an_hmac_secret(
 def test_a_verifier_can_narrow_the_algorithms(
     ring: Keyring, clock: VirtualClock, keys: dict[str, Any]
 ) -> None:
-    verifier = VersionedTokenVerifier(ring, algorithms=["ES256", "EdDSA"], clock=clock)
+    verifier = pyjwt_verifier(ring, algorithms=["ES256", "EdDSA"], clock=clock)
     ok = jwt.encode(claims(), keys["ES256"], algorithm="ES256", headers={"kid": "es256"})
     assert verifier.verify(ok).algorithm == "ES256"
     refused = jwt.encode(claims(), keys["RS256"], algorithm="RS256", headers={"kid": "rs256"})
@@ -258,11 +264,11 @@ def test_keys_as_pem_text_or_jwk(clock: VirtualClock, keys: dict[str, Any]) -> N
     )
     ring.add("priv", private_pem, algorithm="EdDSA", state=KeyState.ACTIVE)
     ring.add("jwk", RSAAlgorithm.to_jwk(public(keys["RS256"]), as_dict=True), algorithm="RS256")
-    verifier = VersionedTokenVerifier(ring, clock=clock)
+    verifier = pyjwt_verifier(ring, clock=clock)
     for kid, algorithm in (("pem", "ES256"), ("jwk", "RS256")):
         token = jwt.encode(claims(), keys[algorithm], algorithm=algorithm, headers={"kid": kid})
         assert verifier.verify(token).key_version == kid
-    ours = TokenIssuer(ring, kind="jwt", clock=clock).issue("ada")
+    ours = TokenIssuer(ring, clock=clock).issue("ada")
     assert verifier.verify(ours).key_version == "priv"
 
 
@@ -271,10 +277,7 @@ def test_a_public_key_cannot_sign(clock: VirtualClock, keys: dict[str, Any]) -> 
     ring.add("pub", public(keys["ES256"]), algorithm="ES256", state=KeyState.ACTIVE)
     assert ring.find("pub").signing_key is None  # type: ignore[union-attr]
     with pytest.raises(ConfigurationError, match="no private key"):
-        TokenIssuer(ring, kind="jwt", clock=clock).issue("ada")
-    ring.add("rs", keys["RS256"], algorithm="RS256", state=KeyState.ACTIVE)
-    with pytest.raises(ConfigurationError, match="compact tokens are HS256"):
-        TokenIssuer(ring, kind="compact", clock=clock).issue("ada")
+        TokenIssuer(ring, clock=clock).issue("ada")
 
 
 @pytest.mark.parametrize(
@@ -316,7 +319,7 @@ def test_header_problems(
     algorithm = ECAlgorithm(ECAlgorithm.SHA256)
     token = forge(header, claims(), lambda data: algorithm.sign(data, keys["ES256"]))
     with pytest.raises(TokenRejectedError) as info:
-        VersionedTokenVerifier(ring, clock=clock).verify(token)
+        pyjwt_verifier(ring, clock=clock).verify(token)
     assert info.value.reason == reason
 
 
@@ -332,7 +335,7 @@ def test_header_problems(
 )
 def test_malformed_jwts(ring: Keyring, token: str) -> None:
     with pytest.raises(MalformedTokenError):
-        VersionedTokenVerifier(ring).verify(token)
+        pyjwt_verifier(ring).verify(token)
 
 
 # -- rotation across algorithms, two pods ---------------------------------------------------------
@@ -344,8 +347,8 @@ def test_rolling_rotation_from_rs256_to_eddsa(clock: VirtualClock, keys: dict[st
         ring.add("2025", keys["RS256"], algorithm="RS256", state=KeyState.ACTIVE)
         return (
             ring,
-            TokenIssuer(ring, kind="jwt", lifetime=300.0, clock=clock),
-            VersionedTokenVerifier(ring, clock=clock),
+            TokenIssuer(ring, lifetime=300.0, clock=clock),
+            pyjwt_verifier(ring, clock=clock),
         )
 
     (ring_a, issue_a, verify_a), (ring_b, issue_b, verify_b) = pod(), pod()
@@ -428,7 +431,7 @@ async def test_jwks_keys_are_fetched_once_and_reused(
     endpoint: FakeJWKS, clock: VirtualClock, keys: dict[str, Any]
 ) -> None:
     source = source_for(endpoint, clock)
-    verifier = VersionedTokenVerifier(source, clock=clock, cache_ttl=0)
+    verifier = pyjwt_verifier(source, clock=clock, cache_ttl=0)
     assert endpoint.calls == 0
     assert (await verifier.averify(token_for(keys, "RS256", "rsa-1"))).key_version == "rsa-1"
     known = token_for(keys, "ES256", "ec-1", exp=START + 10_000)
@@ -444,7 +447,7 @@ async def test_sync_verify_uses_only_the_keys_already_fetched(
     endpoint: FakeJWKS, clock: VirtualClock, keys: dict[str, Any]
 ) -> None:
     source = source_for(endpoint, clock)
-    verifier = VersionedTokenVerifier(source, clock=clock)
+    verifier = pyjwt_verifier(source, clock=clock)
     token = token_for(keys, "RS256", "rsa-1")
     with pytest.raises(TokenKeyError):
         verifier.verify(token)  # no I/O on the sync path
@@ -458,7 +461,7 @@ async def test_concurrent_misses_share_one_fetch(
     endpoint: FakeJWKS, clock: VirtualClock, keys: dict[str, Any]
 ) -> None:
     source = source_for(endpoint, clock)
-    verifier = VersionedTokenVerifier(source, clock=clock)
+    verifier = pyjwt_verifier(source, clock=clock)
     endpoint.gate = anyio.Event()
     results: list[str] = []
 
@@ -488,7 +491,7 @@ async def test_random_kids_cause_at_most_one_fetch_per_cooldown(
 ) -> None:
     """The amplification attack: the attacker picks the kid of every token."""
     source = source_for(endpoint, clock, refetch_cooldown=30.0, negative_ttl=60.0)
-    verifier = VersionedTokenVerifier(source, clock=clock)
+    verifier = pyjwt_verifier(source, clock=clock)
 
     def forged_token() -> str:  # the kid is looked up before any signature check
         return forge({"alg": "ES256", "kid": secrets.token_hex(8)}, claims(), lambda _: b"x" * 64)
@@ -526,7 +529,7 @@ async def test_an_unknown_kid_is_remembered_as_missing(
     endpoint: FakeJWKS, clock: VirtualClock, keys: dict[str, Any]
 ) -> None:
     source = source_for(endpoint, clock, refetch_cooldown=10.0, negative_ttl=100.0)
-    verifier = VersionedTokenVerifier(source, clock=clock)
+    verifier = pyjwt_verifier(source, clock=clock)
     stranger = token_for(keys, "ES256", "stranger")
     assert await reason_of(verifier, stranger) == "unknown_key"
     assert endpoint.calls == 1
@@ -544,7 +547,7 @@ async def test_a_new_key_is_picked_up_after_the_cooldown(
     endpoint: FakeJWKS, clock: VirtualClock, keys: dict[str, Any]
 ) -> None:
     source = source_for(endpoint, clock, refetch_cooldown=30.0)
-    verifier = VersionedTokenVerifier(source, clock=clock)
+    verifier = pyjwt_verifier(source, clock=clock)
     assert await source.refresh()
     endpoint.keys.append(jwk(keys["EdDSA"], "ed-2"))
     token = token_for(keys, "EdDSA", "ed-2")
@@ -560,7 +563,7 @@ async def test_a_failed_refresh_keeps_the_last_good_keys(
     endpoint: FakeJWKS, clock: VirtualClock, keys: dict[str, Any], caplog: Any
 ) -> None:
     source = source_for(endpoint, clock, refresh_interval=60.0, refetch_cooldown=10.0)
-    verifier = VersionedTokenVerifier(source, clock=clock, cache_ttl=0)
+    verifier = pyjwt_verifier(source, clock=clock, cache_ttl=0)
     assert await source.refresh()
     endpoint.error = ConnectionError("idp is down")
     clock.advance(60.0)  # the key set is stale: the next verify refreshes it, and fails
@@ -599,7 +602,7 @@ async def test_a_useless_document_is_a_failed_refresh(
     endpoint: FakeJWKS, clock: VirtualClock, keys: dict[str, Any], document: Any
 ) -> None:
     source = source_for(endpoint, clock)
-    verifier = VersionedTokenVerifier(source, clock=clock)
+    verifier = pyjwt_verifier(source, clock=clock)
     assert await source.refresh()
     endpoint.document = document
     assert await source.refresh() is False
@@ -612,9 +615,7 @@ async def test_a_first_fetch_that_fails_fails_closed(
     endpoint: FakeJWKS, clock: VirtualClock, keys: dict[str, Any]
 ) -> None:
     endpoint.error = OSError("connection refused")
-    verifier = VersionedTokenVerifier(
-        source_for(endpoint, clock, refetch_cooldown=5.0), clock=clock
-    )
+    verifier = pyjwt_verifier(source_for(endpoint, clock, refetch_cooldown=5.0), clock=clock)
     token = token_for(keys, "RS256", "rsa-1")
     assert await reason_of(verifier, token) == "keys_unavailable"
     assert await reason_of(verifier, token) == "keys_unavailable"
@@ -633,7 +634,7 @@ async def test_a_hanging_endpoint_times_out(
         return await endpoint()
 
     source = JWKSKeySource(fetch=hanging, fetch_timeout=2.0, clock=clock)
-    verifier = VersionedTokenVerifier(source, clock=clock)
+    verifier = pyjwt_verifier(source, clock=clock)
     assert await reason_of(verifier, token_for(keys, "RS256", "rsa-1")) == "keys_unavailable"
     assert type(source.last_error).__name__ == "TimeoutExceededError"
     assert clock.monotonic() == pytest.approx(2.0)
@@ -644,7 +645,7 @@ async def test_a_key_that_leaves_the_set_is_retired(
     endpoint: FakeJWKS, clock: VirtualClock, keys: dict[str, Any]
 ) -> None:
     source = source_for(endpoint, clock, refresh_interval=100.0)
-    verifier = VersionedTokenVerifier(source, clock=clock)
+    verifier = pyjwt_verifier(source, clock=clock)
     token = token_for(keys, "ES256", "ec-1")
     await verifier.averify(token)
     assert (await verifier.averify(token)).from_cache is True
@@ -665,7 +666,7 @@ async def test_an_unchanged_key_set_keeps_the_cache(
     endpoint: FakeJWKS, clock: VirtualClock, keys: dict[str, Any]
 ) -> None:
     source = source_for(endpoint, clock, refresh_interval=60.0)
-    verifier = VersionedTokenVerifier(source, clock=clock)
+    verifier = pyjwt_verifier(source, clock=clock)
     token = token_for(keys, "ES256", "ec-1")
     await verifier.averify(token)
     clock.advance(60.0)
@@ -713,12 +714,12 @@ async def test_negative_cache_is_bounded(
     endpoint: FakeJWKS, clock: VirtualClock, keys: dict[str, Any]
 ) -> None:
     source = source_for(endpoint, clock, refetch_cooldown=0.0, max_unknown_kids=3)
-    verifier = VersionedTokenVerifier(source, clock=clock)
+    verifier = pyjwt_verifier(source, clock=clock)
     for i in range(10):
         assert await reason_of(verifier, token_for(keys, "ES256", f"kid-{i}")) == "unknown_key"
     assert list(source._missing) == ["kid-7", "kid-8", "kid-9"]
     unbounded = source_for(endpoint, clock, refetch_cooldown=0.0, negative_ttl=0.0)
-    verifier = VersionedTokenVerifier(unbounded, clock=clock)
+    verifier = pyjwt_verifier(unbounded, clock=clock)
     assert await reason_of(verifier, token_for(keys, "ES256", "kid-x")) == "unknown_key"
     assert unbounded._missing == {}
 
@@ -832,7 +833,7 @@ async def test_keys_from_a_real_http_endpoint(
     token = jwt.encode(
         {"sub": "ada", "exp": now + 60}, keys["RS256"], algorithm="RS256", headers={"kid": "rsa-1"}
     )
-    verifier = VersionedTokenVerifier(JWKSKeySource(jwks_server.url))
+    verifier = pyjwt_verifier(JWKSKeySource(jwks_server.url))
     assert (await verifier.averify(token)).key_version == "rsa-1"
     assert jwks_server.requests == 1
 

@@ -234,7 +234,7 @@ async def test_signed_tokens_are_checked_locally_before_remotely(clock: VirtualC
     verifier = VersionedTokenVerifier(ring, validator=service, clock=clock)
     verified = await verifier.averify(token)
     assert verified.subject == "ada"  # the signed claims win over the remote answer
-    assert verified.kind == "compact"
+    assert verified.kind == "jwt"
     with pytest.raises(TokenRejectedError) as info:
         await verifier.averify(token[:-4] + "AAAA")
     assert info.value.reason == "bad_signature"

@@ -433,14 +433,16 @@ class TokenNotYetValidError(TokenRejectedError):
 
 
 class TokenClaimError(TokenRejectedError):
-    """Raised when a claim is missing, has the wrong type, or names another issuer/audience.
+    """Raised when a claim is missing, has the wrong type, names another issuer/audience...
+
+    ... or when the token's ``typ`` header is not the one expected (``"token_type"``).
 
     Examples:
         >>> TokenClaimError("no 'exp' claim", reason="missing_claim").reason
         'missing_claim'
     """
 
-    reasons = ("invalid_claim", "issuer", "audience", "missing_claim")
+    reasons = ("invalid_claim", "issuer", "audience", "missing_claim", "token_type")
 
 
 class TokenRevokedError(TokenRejectedError):

@@ -18,7 +18,7 @@ from resilience_kit.security import (
 ring = Keyring()
 assert_type(ring.add("v1", b"k" * 32, state=KeyState.ACTIVE), KeyVersion)
 assert_type(ring.active, KeyVersion | None)
-assert_type(TokenIssuer(ring, kind="jwt").issue("ada"), str)
+assert_type(TokenIssuer(ring).issue("ada"), str)
 verifier = VersionedTokenVerifier(ring, audience=["api"], leeway=30)
 assert_type(verifier.verify("token"), VerifiedToken)
 assert_type(verifier.verify(b"token"), VerifiedToken)

@@ -82,8 +82,17 @@ async def login(deployment: Deployment, user: str, gateway: str = "gateway") -> 
 
 
 def claims_of(token: str) -> dict[str, Any]:
-    """The claims of a compact token, read without verifying (the checker's view)."""
-    part = token.split(".")[1]
+    """The claims of a JWT, read without verifying (the checker's view)."""
+    return _segment(token, 1)
+
+
+def version_of(token: str) -> str:
+    """The key version a JWT names (its ``kid`` header), read without verifying."""
+    return str(_segment(token, 0).get("kid"))
+
+
+def _segment(token: str, index: int) -> dict[str, Any]:
+    part = token.split(".")[index]
     return dict(json.loads(urlsafe_b64decode(part + "=" * (-len(part) % 4))))
 
 
@@ -359,7 +368,7 @@ async def rolling_deploy(system: System) -> DrillResult:
                 f"http://{gateway}/api/whoami",
                 token=token,
                 tags={
-                    "version": token.split(".", 1)[0],
+                    "version": version_of(token),
                     "exp": claims["exp"],
                     "wall": system.clock.time(),
                 },

@@ -1,8 +1,8 @@
 """Signing algorithms: HMAC from the standard library, the rest from PyJWT (imported lazily).
 
-HMAC (``HS256``/``HS384``/``HS512``) needs nothing beyond the standard library, so the
-built-in compact format and HS* JWTs work without the ``jwt`` extra. RSA, ECDSA and EdDSA
-come from PyJWT's algorithm objects (backed by ``cryptography``), loaded on first use.
+HMAC (``HS256``/``HS384``/``HS512``) needs nothing beyond the standard library, so HS*
+JWTs are issued and verified without the ``jwt`` extra. RSA, ECDSA and EdDSA come from
+PyJWT's algorithm objects (backed by ``cryptography``), loaded on first use.
 Every key is pinned to one algorithm when it enters a keyring; this module refuses keys
 that do not fit their algorithm — the root of algorithm-confusion attacks.
 """
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from resilience_kit.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
     from jwt.algorithms import Algorithm
 
 # hashlib names, for the one-shot `hmac.digest` (much faster than `hmac.new`).
@@ -116,12 +117,18 @@ def prepare_key(algorithm: str, key: object) -> tuple[Any, Any]:
             raise ConfigurationError(
                 "key", f"an RSA key needs at least {_MIN_RSA_BITS} bits, got {prepared.key_size}"
             )
-    elif isinstance(
-        prepared, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)
-    ) and prepared.curve.name != _EC_CURVES.get(algorithm):
-        raise ConfigurationError(
-            "key", f"{algorithm} needs curve {_EC_CURVES.get(algorithm)}, got {prepared.curve.name}"
-        )
+    elif isinstance(prepared, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+        if prepared.curve.name != _EC_CURVES.get(algorithm):
+            raise ConfigurationError(
+                "key",
+                f"{algorithm} needs curve {_EC_CURVES.get(algorithm)}, got {prepared.curve.name}",
+            )
+        if not isinstance(getattr(prepared.curve, "group_order", None), int):  # pragma: no cover
+            # Without the curve's order, high-S signatures can be neither refused nor
+            # avoided (see `high_s`): refuse the key rather than one token in two.
+            raise ConfigurationError(
+                "key", f"{algorithm} keys need a newer cryptography (curves with group_order)"
+            )
     private = (
         rsa.RSAPrivateKey,
         ec.EllipticCurvePrivateKey,
@@ -162,9 +169,49 @@ def _hmac_secret(algorithm: str, key: object) -> bytes:
     return secret
 
 
-def hmac_sign(algorithm: str, secret: bytes, message: bytes) -> bytes:
-    """Sign ``message`` with an HMAC secret (JWTs are signed by PyJWT instead)."""
-    return hmac.digest(secret, message, HMAC_HASHES[algorithm])
+def sign(algorithm: str, signing_key: Any, message: bytes) -> bytes:
+    """Sign ``message`` as JWS ``algorithm`` does; ECDSA signatures come out low-S."""
+    digest = HMAC_HASHES.get(algorithm)
+    if digest is not None:
+        return hmac.digest(signing_key, message, digest)
+    if algorithm in _EC_CURVES:
+        return _sign_ecdsa(algorithm, signing_key, message)
+    signature: bytes = asymmetric(algorithm, "algorithm").sign(message, signing_key)
+    return signature
+
+
+def _sign_ecdsa(algorithm: str, signing_key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.utils import (  # noqa: PLC0415
+        decode_dss_signature,
+    )
+
+    digests = {"ES256": hashes.SHA256(), "ES384": hashes.SHA384(), "ES512": hashes.SHA512()}
+    der = signing_key.sign(message, ec.ECDSA(digests[algorithm]))
+    r, s = decode_dss_signature(der)
+    order = signing_key.curve.group_order
+    # (r, s) and (r, n - s) are both valid; the low one is the canonical one, which
+    # verifiers that refuse malleable signatures (ours by default) accept.
+    s = min(s, order - s)
+    size = (signing_key.curve.key_size + 7) // 8
+    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+
+
+def high_s(algorithm: str, verifying_key: Any, signature: bytes) -> bool:
+    """Tell whether ``signature`` is an ECDSA (JWS ``r || s``) one with ``s > n / 2``.
+
+    Anyone can turn a valid signature ``(r, s)`` into the valid ``(r, n - s)``: a second
+    spelling of the same token. Only one of the two has ``s <= n / 2``.
+    """
+    if algorithm not in _EC_CURVES:
+        return False
+    curve = verifying_key.curve
+    size = (curve.key_size + 7) // 8
+    if len(signature) != 2 * size:
+        return False  # not a signature at all: the verification proper says so
+    order: int = curve.group_order
+    return int.from_bytes(signature[size:], "big") > order // 2
 
 
 def verify(algorithm: str, verifying_key: Any, message: bytes, signature: bytes) -> bool:

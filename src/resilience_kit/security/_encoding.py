@@ -28,7 +28,7 @@ _PADDING = {2: "==", 3: "="}
 
 
 def b64url_encode(data: bytes) -> str:
-    """Unpadded base64url, as JOSE and the compact format use it."""
+    """Unpadded base64url, as JOSE uses it."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
@@ -83,17 +83,19 @@ class ParsedToken:
     """A token taken apart, nothing checked yet but its shape.
 
     Attributes:
-        kind: ``"compact"`` or ``"jwt"``.
-        version: the key version it names (the compact prefix or the JWT ``kid``).
-        algorithm: the algorithm it claims (``"HS256"`` for the compact format).
-        signing_input: the bytes the signature covers.
+        version: the key version it names (the JWT ``kid``).
+        algorithm: the algorithm it claims.
+        token_type: its ``typ`` header, if any.
+        signed: what the signature covers, ``<header>.<claims>`` as sent: the part of
+            a token that cannot be spelt differently without a new signature (an ECDSA
+            signature can), so revocations are keyed on it.
         signature: the decoded signature.
         payload: the decoded claims segment, parsed only once the signature holds.
     """
 
-    kind: str
     version: str | None
     algorithm: str
-    signing_input: bytes
+    token_type: str | None
+    signed: str
     signature: bytes
     payload: bytes

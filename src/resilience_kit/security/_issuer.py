@@ -4,29 +4,34 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from resilience_kit._checks import check_positive
 from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.security import _algorithms, _compact, _jwt
+from resilience_kit.security import _jwt
 from resilience_kit.security._keyring import Keyring
 
 _SET_BY_ISSUER = frozenset({"exp", "iat", "nbf", "iss", "jti"})
 
 
 class TokenIssuer:
-    """Issue tokens signed with the keyring's ACTIVE version, naming that version.
+    """Issue JWTs signed with the keyring's ACTIVE version, naming that version.
 
-    Every token gets ``iat``, ``exp`` (``iat`` plus the lifetime), a random ``jti``,
-    and ``iss``/``aud``/``sub`` when given. ``lifetime`` is the longest any token of this
+    A token names its key version in the ``kid`` header and its type in ``typ``. Every
+    token gets ``iat``, ``exp`` (``iat`` plus the lifetime), a random ``jti``, and
+    ``iss``/``aud``/``sub`` when given. ``lifetime`` is the longest any token of this
     issuer lives: wait that long (plus the verifiers' leeway) after activating a new
     version before retiring the old one.
 
+    HS256/384/512 need nothing beyond the standard library; the asymmetric algorithms
+    need the ``jwt`` extra (their keys cannot enter a keyring without it). ECDSA
+    signatures are issued in their canonical low-S form.
+
     Args:
         keyring: where the active version comes from, at each `issue`.
-        kind: ``"compact"`` (the built-in HMAC-SHA256 format, no dependency) or
-            ``"jwt"`` (any supported algorithm; needs the ``jwt`` extra).
+        token_type: the ``typ`` header, e.g. ``"at+jwt"`` for access tokens (RFC 9068),
+            so that a verifier can refuse tokens of another type; ``None`` leaves it out.
         issuer: the ``iss`` claim.
         audience: the ``aud`` claim (a string or several).
         lifetime: seconds from issue to expiry, and the most `issue` accepts.
@@ -39,18 +44,19 @@ class TokenIssuer:
         >>> from resilience_kit.security import Keyring, KeyState
         >>> ring = Keyring()
         >>> _ = ring.add("v7", b"k" * 32, state=KeyState.ACTIVE)
-        >>> token = TokenIssuer(ring, lifetime=600.0).issue("ada")
-        >>> token.split(".")[0]
-        'v7'
+        >>> token = TokenIssuer(ring, token_type="at+jwt", lifetime=600.0).issue("ada")
+        >>> import base64, json
+        >>> json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+        {'alg': 'HS256', 'kid': 'v7', 'typ': 'at+jwt'}
     """
 
-    __slots__ = ("_audience", "_clock", "_issuer", "_keyring", "kind", "lifetime")
+    __slots__ = ("_audience", "_clock", "_issuer", "_keyring", "lifetime", "token_type")
 
     def __init__(
         self,
         keyring: Keyring,
         *,
-        kind: Literal["compact", "jwt"] = "compact",
+        token_type: str | None = "JWT",  # noqa: S107  (a media type, not a secret)
         issuer: str | None = None,
         audience: str | Sequence[str] | None = None,
         lifetime: float = 900.0,
@@ -58,22 +64,22 @@ class TokenIssuer:
     ) -> None:
         if not isinstance(keyring, Keyring):
             raise ConfigurationError("keyring", f"must be a Keyring, got {keyring!r}")
-        if kind not in ("compact", "jwt"):
-            raise ConfigurationError("kind", f"must be 'compact' or 'jwt', got {kind!r}")
-        if kind == "jwt" and not _pyjwt_importable():
-            raise ConfigurationError("kind", f"JWTs need PyJWT; {_algorithms.INSTALL_HINT}")
+        if token_type is not None and (not isinstance(token_type, str) or not token_type):
+            raise ConfigurationError(
+                "token_type", f"must be a non-empty string or None, got {token_type!r}"
+            )
         if issuer is not None and (not isinstance(issuer, str) or not issuer):
             raise ConfigurationError("issuer", f"must be a non-empty string, got {issuer!r}")
         check_positive("lifetime", lifetime)
         self._keyring = keyring
-        self.kind = kind
+        self.token_type = token_type
         self._issuer = issuer
         self._audience = _audience(audience)
         self.lifetime = float(lifetime)
         self._clock = clock
 
     def __repr__(self) -> str:
-        return f"TokenIssuer(kind={self.kind!r}, lifetime={self.lifetime})"
+        return f"TokenIssuer(token_type={self.token_type!r}, lifetime={self.lifetime})"
 
     def issue(
         self,
@@ -96,8 +102,8 @@ class TokenIssuer:
             The token.
 
         Raises:
-            ConfigurationError: when the keyring has no active version that can sign in
-                this kind, or for a bad argument.
+            ConfigurationError: when the keyring has no active version that can sign,
+                or for a bad argument.
             TypeError: when a claim is not JSON-serialisable.
 
         Examples:
@@ -140,16 +146,9 @@ class TokenIssuer:
         named = _audience(audience) if audience is not None else self._audience
         if named is not None:
             payload["aud"] = named
-        if self.kind == "compact":
-            if key.algorithm != _compact.ALGORITHM:
-                raise ConfigurationError(
-                    "keyring",
-                    f"compact tokens are HS256; the active version {key.version!r} is "
-                    f"{key.algorithm}",
-                )
-            _compact.check_version(key.version)
-            return _compact.encode(key.version, key.signing_key, payload)
-        return _jwt.encode(key.version, key.algorithm, key.signing_key, payload)
+        return _jwt.encode(
+            key.version, key.algorithm, key.signing_key, payload, token_type=self.token_type
+        )
 
 
 def _audience(audience: str | Sequence[str] | None) -> str | list[str] | None:
@@ -160,11 +159,3 @@ def _audience(audience: str | Sequence[str] | None) -> str | list[str] | None:
         if values and all(isinstance(item, str) and item for item in values):
             return values
     raise ConfigurationError("audience", f"must be a non-empty string or strings, got {audience!r}")
-
-
-def _pyjwt_importable() -> bool:
-    try:
-        import jwt  # noqa: F401, PLC0415
-    except ImportError:
-        return False
-    return True

@@ -5,7 +5,9 @@ turn into a fetch per token. Fetches are single-flight (concurrent callers share
 at most one per ``refetch_cooldown`` (whatever triggers it), and a ``kid`` that a fresh
 key set did not contain is remembered as missing for ``negative_ttl``. A failed or empty
 refresh keeps the last known good keys (PyJWT issue #1162): failing closed means
-rejecting tokens no verified key covers, not dropping the keys we have.
+rejecting tokens no verified key covers, not dropping the keys we have. Inside
+``async with source:`` a stale key set is refreshed in the background while known keys
+keep verifying (stale-while-revalidate).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import functools
 import json
 import urllib.parse
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,12 +28,14 @@ from resilience_kit._checks import check_int, check_positive
 from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError
 from resilience_kit.policies._timeout import Timeout
-from resilience_kit.security import _algorithms
+from resilience_kit.security import _algorithms, _jwt
 from resilience_kit.security._errors import ValidatorUnavailableError
 from resilience_kit.security._keyring import KeyState, KeyVersion
 
 if TYPE_CHECKING:
     import urllib.request
+
+    import anyio.abc
 
 JWKSDocument = Mapping[str, Any] | bytes | str
 JWKSFetch = Callable[[], Awaitable[JWKSDocument]]
@@ -49,6 +54,12 @@ class JWKSKeySource:
     ``kid``, and when the set is older than ``refresh_interval`` — never more often than
     once per ``refetch_cooldown``; `refresh` fetches at once (say, at startup).
 
+    Inside ``async with source:`` the source owns a task group: when the set is stale,
+    the token that notices starts a refresh there and is verified at once with the key
+    it names, if known (stale-while-revalidate); a hung endpoint then delays only
+    tokens whose ``kid`` nobody knows yet. Outside, that token waits for the refresh
+    (at most ``fetch_timeout``); other tokens meanwhile use the keys at hand.
+
     Fetching goes through the ``fetch`` callable (``async () -> dict | bytes | str``) or,
     given a ``url``, an HTTP GET in a worker thread (`anyio.to_thread.run_sync`), so the
     event loop never blocks; either way under a `Timeout` of ``fetch_timeout``.
@@ -62,7 +73,8 @@ class JWKSKeySource:
             another fetch.
         fetch_timeout: seconds a fetch may take.
         max_document_size: bytes; a larger document is a failed fetch.
-        max_unknown_kids: how many missing ``kid`` values are remembered.
+        max_unknown_kids: how many missing ``kid`` values are remembered (each at most
+            256 characters: a token naming a longer one is malformed).
         algorithms: algorithms to accept; default: every asymmetric one supported.
         clock: the clock for the intervals and the timeout.
         name: a name for logs.
@@ -88,6 +100,7 @@ class JWKSKeySource:
     __slots__ = (
         "_algorithms",
         "_attempted_at",
+        "_background",
         "_clock",
         "_cooldown",
         "_documents",
@@ -102,6 +115,7 @@ class JWKSKeySource:
         "_negative_ttl",
         "_refresh_interval",
         "_removed",
+        "_task_group",
         "_timeout",
         "fetches",
         "generation",
@@ -119,7 +133,7 @@ class JWKSKeySource:
         negative_ttl: float = 60.0,
         fetch_timeout: float = 5.0,
         max_document_size: int = 512 * 1024,
-        max_unknown_kids: int = 10_000,
+        max_unknown_kids: int = 1_000,
         algorithms: Collection[str] | None = None,
         clock: Clock | None = None,
         name: str = "jwks",
@@ -163,6 +177,8 @@ class JWKSKeySource:
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._inflight: anyio.Event | None = None
+        self._background: anyio.Event | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
         self._loads = 0
         self.fetches = 0
         self.generation = 0
@@ -208,6 +224,11 @@ class JWKSKeySource:
                 return known  # do not make a caller with a good key wait for a refresh
             await self._inflight.wait()
         elif self._may_fetch(self._now()):
+            group = self._task_group
+            if usable and group is not None:
+                event = self._background = self._begin()
+                group.start_soon(self._run, event)
+                return known
             await self._refresh()
         key = self.find(version)
         if key is not None and key.state is not _RETIRED:
@@ -235,11 +256,62 @@ class JWKSKeySource:
             await self._refresh()
         return self.last_error is None
 
-    async def _refresh(self) -> None:
+    async def __aenter__(self) -> JWKSKeySource:
+        """Refresh a stale key set in the background while known keys keep verifying.
+
+        Examples:
+            >>> import anyio
+            >>> async def fetch() -> dict:
+            ...     return {"keys": []}
+            >>> async def main() -> None:
+            ...     async with JWKSKeySource(fetch=fetch) as source:
+            ...         pass  # serve requests here
+            >>> anyio.run(main)
+        """
+        if self._task_group is not None:
+            raise RuntimeError(f"JWKS source {self.name!r} is already running a task group")
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._task_group = group
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Cancel a background refresh still running, and wait for it to end."""
+        group, self._task_group = self._task_group, None
+        assert group is not None  # noqa: S101  (entered before)
+        group.cancel_scope.cancel()
+        try:
+            return await group.__aexit__(exc_type, exc, tb)
+        finally:
+            event = self._background
+            # A task cancelled before it ever ran never settles its refresh; asyncio
+            # allows that, though anyio's backends start tasks first today.
+            if event is not None:  # pragma: no cover
+                self._settle(event)
+
+    def _begin(self) -> anyio.Event:
         event = anyio.Event()
         self._inflight = event
         self._attempted_at = self._now()
         self.fetches += 1
+        return event
+
+    def _settle(self, event: anyio.Event) -> None:
+        if self._inflight is event:
+            self._inflight = None
+        if self._background is event:
+            self._background = None
+        event.set()
+
+    async def _refresh(self) -> None:
+        await self._run(self._begin())
+
+    async def _run(self, event: anyio.Event) -> None:
         try:
             document = await self._timeout.acall(self._fetch)
             keys, documents = self._parse(document)
@@ -256,8 +328,7 @@ class JWKSKeySource:
             self._install(keys, documents)
             self.last_error = None
         finally:
-            self._inflight = None
-            event.set()
+            self._settle(event)
 
     def _parse(self, document: object) -> tuple[dict[str, KeyVersion], dict[str, str]]:
         from jwt import PyJWK  # noqa: PLC0415  (optional dependency, checked in __init__)
@@ -274,6 +345,11 @@ class JWKSKeySource:
         for jwk in document["keys"]:
             kid = jwk.get("kid") if isinstance(jwk, Mapping) else None
             if not isinstance(kid, str) or not kid or jwk.get("use", "sig") != "sig":
+                continue
+            if len(kid) > _jwt.MAX_KID_LENGTH:  # no token could name it
+                _telemetry.logger.warning(
+                    "%s: ignoring a key with a %d-character kid", self.name, len(kid)
+                )
                 continue
             if kid in seen:  # two keys under one kid: trust neither
                 keys.pop(kid, None)

@@ -1,9 +1,12 @@
-"""JSON Web Tokens (RFC 7519), JWS compact serialisation only; signing goes through PyJWT.
+"""JSON Web Tokens (RFC 7519), JWS compact serialisation only.
 
 The header is parsed here, strictly, so that the key is chosen by ``kid`` from the
 keyring and the algorithm is the one pinned to that key — never the one the token asks
 for. Embedded keys (``jwk``, ``jku``, ``x5u``, ``x5c``) are ignored; critical header
 extensions (``crit``) are refused, as RFC 7515 requires of extensions not understood.
+
+Signing needs no PyJWT for HMAC (the standard library's `hmac`); the asymmetric
+algorithms sign with ``cryptography`` through `_algorithms.sign`.
 """
 
 from __future__ import annotations
@@ -11,10 +14,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from resilience_kit.security._encoding import ParsedToken, b64url_decode, json_object
+from resilience_kit.security import _algorithms
+from resilience_kit.security._encoding import (
+    ParsedToken,
+    b64url_decode,
+    b64url_encode,
+    json_compact,
+    json_object,
+)
 from resilience_kit.security._errors import MalformedTokenError
 
-PREFIX = "eyJ"  # base64url of '{"': how every JWT header starts
+# Key identifiers in the wild are thumbprints, UUIDs or dates (well under 100
+# characters); an attacker chooses the kid of what they send, and every kid the key
+# source has to look up may be remembered, so a longer one is refused unread.
+MAX_KID_LENGTH = 256
 
 
 def parse(token: str) -> ParsedToken:
@@ -31,22 +44,46 @@ def parse(token: str) -> ParsedToken:
     if not isinstance(algorithm, str):
         raise MalformedTokenError("the header has no 'alg'")
     kid = header.get("kid")
-    if kid is not None and not isinstance(kid, str):
-        raise MalformedTokenError("the header's 'kid' is not a string")
+    if kid is not None:
+        if not isinstance(kid, str):
+            raise MalformedTokenError("the header's 'kid' is not a string")
+        if len(kid) > MAX_KID_LENGTH:
+            raise MalformedTokenError(
+                f"the header's 'kid' is {len(kid)} characters long, the limit is {MAX_KID_LENGTH}"
+            )
+    token_type = header.get("typ")
+    if token_type is not None and not isinstance(token_type, str):
+        raise MalformedTokenError("the header's 'typ' is not a string")
     if "crit" in header:
         raise MalformedTokenError("critical header extensions ('crit') are not supported")
     return ParsedToken(
-        kind="jwt",
         version=kid,
         algorithm=algorithm,
-        signing_input=f"{header_b64}.{payload_b64}".encode("ascii"),
+        token_type=token_type,
+        signed=f"{header_b64}.{payload_b64}",
         signature=b64url_decode(signature_b64, "signature"),
         payload=b64url_decode(payload_b64, "claims segment"),
     )
 
 
-def encode(version: str, algorithm: str, signing_key: Any, claims: Mapping[str, Any]) -> str:
-    """Sign ``claims`` as a JWT with PyJWT, naming ``version`` in the ``kid`` header."""
-    import jwt  # noqa: PLC0415  (optional dependency, checked when the issuer is built)
+def normal_type(token_type: str) -> str:
+    """``typ`` as compared: case-insensitive, ``application/`` optional (RFC 7515 4.1.9)."""
+    lowered = token_type.lower()
+    return lowered.removeprefix("application/") if "/" in lowered else lowered
 
-    return jwt.encode(dict(claims), signing_key, algorithm=algorithm, headers={"kid": version})
+
+def encode(
+    version: str,
+    algorithm: str,
+    signing_key: Any,
+    claims: Mapping[str, Any],
+    *,
+    token_type: str | None,
+) -> str:
+    """Sign ``claims`` as a JWT, naming ``version`` in the ``kid`` header."""
+    header: dict[str, str] = {"alg": algorithm, "kid": version}
+    if token_type is not None:
+        header["typ"] = token_type
+    signed = f"{b64url_encode(json_compact(header))}.{b64url_encode(json_compact(dict(claims)))}"
+    signature = _algorithms.sign(algorithm, signing_key, signed.encode("ascii"))
+    return f"{signed}.{b64url_encode(signature)}"

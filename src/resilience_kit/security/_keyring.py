@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 from resilience_kit._checks import check_positive
 from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.security import _algorithms
+from resilience_kit.security import _algorithms, _jwt
 
 
 class KeyState(enum.Enum):
@@ -40,7 +40,7 @@ class KeyVersion:
     The key material never appears in ``repr``.
 
     Attributes:
-        version: the name tokens carry: the compact prefix, or the JWT ``kid``.
+        version: the name tokens carry in their ``kid`` header.
         algorithm: the only algorithm tokens of this version may use.
         state: its `KeyState`, not counting a scheduled retirement.
         retire_at: wall-clock time (seconds since the epoch, on the keyring's clock) from
@@ -214,7 +214,8 @@ class Keyring:
         """Add a key version; by default ACCEPTED (verified, not yet used to sign).
 
         Args:
-            version: the name tokens will carry (compact prefix or JWT ``kid``).
+            version: the name tokens will carry in their ``kid`` header (at most 256
+                characters).
             key: for ``HS*``, a secret of at least the hash size in random bytes; for
                 ``RS*``/``PS*``/``ES*``/``EdDSA``, a ``cryptography`` key object, a PEM
                 string or a JWK mapping (needs the ``jwt`` extra). A private key can sign;
@@ -234,8 +235,12 @@ class Keyring:
             >>> Keyring().add("v1", b"s" * 32).state
             <KeyState.ACCEPTED: 'accepted'>
         """
-        if not isinstance(version, str) or not version:
-            raise ConfigurationError("version", f"must be a non-empty string, got {version!r}")
+        if not isinstance(version, str) or not version or len(version) > _jwt.MAX_KID_LENGTH:
+            raise ConfigurationError(
+                "version",
+                f"must be a non-empty string of at most {_jwt.MAX_KID_LENGTH} characters, "
+                f"got {version[:80] if isinstance(version, str) else version!r}",
+            )
         _algorithms.check_algorithm(algorithm, "algorithm")
         if not isinstance(state, KeyState):
             raise ConfigurationError("state", f"must be a KeyState, got {state!r}")

@@ -4,7 +4,7 @@ One core, two thin drivers (STYLE.md 11): `_flow` is a generator that does every
 and yields when it needs I/O — a key from a JWKS endpoint, or the remote validator's
 verdict. `averify` (async) answers those requests; `verify` answers them without I/O
 (known keys only; the remote validator counts as unavailable). Both share the cache-hit
-fast path, which touches nothing but a dict and the clock.
+fast path, which touches nothing but two dicts and one reading of the wall clock.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from resilience_kit.clock import SYSTEM_CLOCK, Clock, resolve_clock
 from resilience_kit.errors import CircuitOpenError, ConfigurationError, TimeoutExceededError
 from resilience_kit.policies._breaker import CircuitBreaker
 from resilience_kit.policies._timeout import Timeout
-from resilience_kit.security import _algorithms, _compact, _jwt
+from resilience_kit.security import _algorithms, _jwt
 from resilience_kit.security._claims import ClaimRules, check_claims, string_set
 from resilience_kit.security._encoding import ParsedToken, json_object
 from resilience_kit.security._errors import (
     MalformedTokenError,
     TokenAlgorithmError,
+    TokenClaimError,
     TokenKeyError,
     TokenRejectedError,
     TokenRevokedError,
@@ -51,14 +52,14 @@ class VerifiedToken:
         claims: the token's claims, deeply read-only (JSON arrays are tuples, objects
             read-only mappings), since cached claims are shared between callers; for an
             opaque token, the remote validator's answer without ``active``.
-        kind: ``"compact"``, ``"jwt"`` or ``"opaque"`` (checked only remotely).
+        kind: ``"jwt"``, or ``"opaque"`` (checked only remotely).
         key_version: the key version that verified it (``None`` for opaque tokens).
         algorithm: the signature algorithm (``None`` for opaque tokens).
         expires_at: its ``exp`` (wall-clock seconds since the epoch), or ``None``.
         from_cache: ``True`` when served from the verifier's cache of verified tokens.
 
     Examples:
-        >>> token = VerifiedToken({"sub": "ada"}, "compact", "v1", "HS256", None)
+        >>> token = VerifiedToken({"sub": "ada"}, "jwt", "v1", "HS256", None)
         >>> token.subject, token.from_cache
         ('ada', False)
     """
@@ -137,8 +138,9 @@ class _Introspect:
 
 
 _Need = _FetchKey | _Introspect
-# deadline (monotonic), key generation, the cached answer, its jti
-_Entry = tuple[float, int, VerifiedToken, str | None]
+# Valid from, valid until (both wall-clock), the key generation, the cached answer, its
+# jti, and what revoking it is keyed on (the signed part of a JWT; an opaque token).
+_Entry = tuple[float, float, int, VerifiedToken, str | None, str]
 
 
 class _NoKeys:
@@ -157,21 +159,24 @@ class _Progress:
 class VersionedTokenVerifier:
     """Verify tokens signed by any key version still in play, and cache the verdicts.
 
-    A token names its key version: the compact format's prefix, or a JWT's ``kid``. The
-    key source — a `Keyring` or a `JWKSKeySource` — says whether that version is ACTIVE
-    or ACCEPTED (verified) or RETIRED (rejected with reason ``"retired_key"``); the
-    algorithm is the one pinned to the key, never the one the token asks for.
+    A token (a JWT) names its key version in its ``kid`` header. The key source — a
+    `Keyring` or a `JWKSKeySource` — says whether that version is ACTIVE or ACCEPTED
+    (verified) or RETIRED (rejected with reason ``"retired_key"``); the algorithm is the
+    one pinned to the key, never the one the token asks for.
 
-    Checks, in order: type and size; revocation; format; algorithm (``none`` is never
-    accepted); key version; signature; claims (``exp`` and ``nbf``/``iat`` with leeway,
-    issuer, audience, required claims); revoked ``jti``; then, if configured, the remote
-    validator. Every failure is a `TokenRejectedError` with a machine-readable
-    ``reason``; nothing else escapes, whatever the input.
+    Checks, in order: type and size; format; revocation; ``typ`` (when ``token_type`` is
+    given); algorithm (``none`` is never accepted); key version; signature (ECDSA ones
+    in their canonical low-S form, unless ``allow_high_s``); claims (``exp`` and
+    ``nbf``/``iat`` with leeway, issuer, audience, required claims); then, if configured,
+    the remote validator; and revocation (of the token or its ``jti``) once more, since
+    it may have come while the verifier waited. Every failure is a `TokenRejectedError`
+    with a machine-readable ``reason``; nothing else escapes, whatever the input.
 
-    A verified token is cached for ``cache_ttl`` seconds on the verifier's clock, never
-    past its ``exp`` nor its key's retirement; any change to the keys makes cached
-    tokens re-verify. `revoke` drops a token (or a ``jti``) at once and rejects it from
-    then on.
+    A verified token is cached for ``cache_ttl`` seconds, never past its ``exp`` nor
+    its key's retirement, all on the verifier's wall clock, read once per cache hit (a
+    clock stepped back makes cached tokens re-verify); any change to the keys makes
+    cached tokens re-verify, and a hit is refused once the token is revoked. `revoke`
+    rejects a token (or a ``jti``) from then on, however its signature is spelt.
 
     With a remote ``validator`` (an async introspection callable), every token not
     already cached is also checked remotely, through a `CircuitBreaker` and a `Timeout`;
@@ -188,6 +193,16 @@ class VersionedTokenVerifier:
         leeway: seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
         algorithms: accepted algorithms; by default every one the library supports (each
             key is pinned to one of them anyway).
+        token_type: accepted ``typ`` header value(s), e.g. ``"at+jwt"`` for access
+            tokens (RFC 9068); compared case-insensitively, ``application/`` optional.
+            A token of another type, or with none, is rejected (reason
+            ``"token_type"``): explicit typing keeps an ID token from passing for an
+            access token (RFC 8725 3.11). ``None`` (the default) does not look.
+        allow_high_s: accept ECDSA signatures with ``s > n/2``. Each valid ECDSA
+            signature has such a twin anyone can compute, a second spelling of the same
+            token; by default it is refused (reason ``"bad_signature"``). Issuers that
+            do not normalise ``s`` (most JWT libraries, PyJWT included) produce one
+            token in two that way: set this for their ES256/384/512 tokens.
         max_token_size: longer tokens are rejected (reason ``"too_large"``) unread.
         cache_ttl: seconds a verified token is served from the cache; 0 disables it.
         cache_size: the most tokens cached; the oldest go first.
@@ -218,6 +233,7 @@ class VersionedTokenVerifier:
 
     __slots__ = (
         "_algorithms",
+        "_allow_high_s",
         "_cache",
         "_cache_size",
         "_clock",
@@ -230,6 +246,7 @@ class VersionedTokenVerifier:
         "_rules",
         "_source",
         "_ttl",
+        "_types",
         "name",
     )
 
@@ -242,6 +259,8 @@ class VersionedTokenVerifier:
         require: Collection[str] = ("exp",),
         leeway: float = 0.0,
         algorithms: Collection[str] | None = None,
+        token_type: str | Collection[str] | None = None,
+        allow_high_s: bool = False,
         max_token_size: int = 8192,
         cache_ttl: float = 300.0,
         cache_size: int = 10_000,
@@ -271,10 +290,19 @@ class VersionedTokenVerifier:
             raise ConfigurationError("algorithms", "must be a collection, e.g. ('RS256',)")
         else:
             accepted = frozenset(_algorithms.check_algorithm(a, "algorithms") for a in algorithms)
+        types = string_set("token_type", token_type)
+        if types is not None and keys is None:
+            raise ConfigurationError(
+                "token_type", "checks a JWT header; opaque tokens (no keys) have none"
+            )
+        if not isinstance(allow_high_s, bool):
+            raise ConfigurationError("allow_high_s", f"must be a bool, got {allow_high_s!r}")
         self.name = name
         self._keys = keys
         self._source: KeySource | _NoKeys = keys if keys is not None else _NoKeys()
         self._algorithms = accepted
+        self._types = None if types is None else frozenset(map(_jwt.normal_type, types))
+        self._allow_high_s = allow_high_s
         self._leeway = float(leeway)
         self._rules = ClaimRules(
             issuers=string_set("issuer", issuer),
@@ -358,7 +386,7 @@ class VersionedTokenVerifier:
             >>> from resilience_kit.security import Keyring
             >>> verifier = VersionedTokenVerifier(Keyring())
             >>> try:
-            ...     verifier.verify("v1.e30.AAAA")
+            ...     verifier.verify("eyJhbGciOiJIUzI1NiIsImtpZCI6InYxIn0.e30.AAAA")
             ... except TokenRejectedError as exc:
             ...     print(exc.reason)
             unknown_key
@@ -381,10 +409,17 @@ class VersionedTokenVerifier:
         entry = self._cache.get(token)
         if entry is None:
             return None
-        clock = self._clock or _config.state.clock or SYSTEM_CLOCK
-        if entry[0] > clock.monotonic() and entry[1] == self._source.generation:
-            return entry[2]
-        self._cache.pop(token, None)  # expired, or the keys changed: verify afresh
+        now = (self._clock or _config.state.clock or SYSTEM_CLOCK).time()
+        revoked = self._revoked
+        if (
+            entry[0] <= now < entry[1]
+            and entry[2] == self._source.generation
+            and not (revoked and (entry[5] in revoked or entry[4] in revoked))
+        ):
+            return entry[3]
+        # Expired, the wall clock stepped back, the keys changed, or revoked (perhaps
+        # while it was being verified): verify afresh.
+        self._cache.pop(token, None)
         return None
 
     # -- the core -------------------------------------------------------------------------
@@ -408,37 +443,72 @@ class VersionedTokenVerifier:
         cached = self._cached(text)
         if cached is not None:
             return cached
-        if text in self._revoked:
-            raise TokenRevokedError("revoked")
         clock = resolve_clock(self._clock)
         keys = self._keys
         key: KeyVersion | None = None
         if keys is None:
+            signed = text
+            self._check_revoked(signed, None)
             generation = 0
             claims = yield from self._ask_validator(text, opaque=True)
             kind, version, algorithm = "opaque", None, None
         else:
-            parsed = (_jwt.parse if text.startswith(_jwt.PREFIX) else _compact.parse)(text)
+            parsed = _jwt.parse(text)
+            signed = parsed.signed
             version = progress.version = parsed.version
+            self._check_revoked(signed, None)
+            self._check_type(parsed.token_type)
             key = yield from self._key_for(parsed, keys)
             # The keys as they were when this key was judged valid: should they change
             # while we wait for the remote validator, the cache entry is born stale.
             generation = keys.generation
-            if not _algorithms.verify(
-                key.algorithm, key.verifying_key, parsed.signing_input, parsed.signature
-            ):
-                raise TokenSignatureError("the signature does not match the key")
+            self._check_signature(key, parsed)
             claims = json_object(parsed.payload, "claims")
-            kind, algorithm = parsed.kind, key.algorithm
+            kind, algorithm = "jwt", key.algorithm
         expires = check_claims(claims, clock.time(), self._rules)
         jti = claims.get("jti")
-        if jti is not None and jti in self._revoked:
-            raise TokenRevokedError("its jti was revoked")
+        # Again, and after the remote validator too: a revocation that came while we
+        # waited for I/O (a key fetch, the validator) must not be cached past.
+        self._check_revoked(signed, jti)
         if keys is not None and self._introspect is not None:
             yield from self._ask_validator(text, opaque=False)
+            self._check_revoked(signed, jti)
         verified = VerifiedToken(_freeze(claims), kind, version, algorithm, expires)
-        self._remember(text, verified, key=key, jti=jti, generation=generation, clock=clock)
+        self._remember(
+            text, verified, key=key, jti=jti, signed=signed, generation=generation, clock=clock
+        )
         return verified
+
+    def _check_revoked(self, signed: str, jti: str | None) -> None:
+        revoked = self._revoked
+        if signed in revoked:
+            raise TokenRevokedError("revoked")
+        if jti is not None and jti in revoked:
+            raise TokenRevokedError("its jti was revoked")
+
+    def _check_type(self, token_type: str | None) -> None:
+        accepted = self._types
+        if accepted is None:
+            return
+        if token_type is None:
+            raise TokenClaimError("the header has no 'typ'", reason="token_type")
+        if _jwt.normal_type(token_type) not in accepted:
+            raise TokenClaimError(
+                f"typ {token_type[:40]!r} is not one of {sorted(accepted)}", reason="token_type"
+            )
+
+    def _check_signature(self, key: KeyVersion, parsed: ParsedToken) -> None:
+        if not self._allow_high_s and _algorithms.high_s(
+            key.algorithm, key.verifying_key, parsed.signature
+        ):
+            raise TokenSignatureError(
+                "a high-S ECDSA signature, the malleable twin of a canonical one; if the "
+                "issuer does not normalise S, pass allow_high_s=True"
+            )
+        if not _algorithms.verify(
+            key.algorithm, key.verifying_key, parsed.signed.encode("ascii"), parsed.signature
+        ):
+            raise TokenSignatureError("the signature does not match the key")
 
     def _coerce(self, token: object) -> str:
         if isinstance(token, (bytes, bytearray, memoryview)):
@@ -536,24 +606,27 @@ class VersionedTokenVerifier:
         *,
         key: KeyVersion | None,
         jti: str | None,
+        signed: str,
         generation: int,
         clock: Clock,
     ) -> None:
-        lifetime = self._ttl
-        if lifetime <= 0:
+        if self._ttl <= 0:
             return
-        wall = clock.time()
+        now = clock.time()
+        until = now + self._ttl
         if verified.expires_at is not None:
-            lifetime = min(lifetime, verified.expires_at - wall)
+            until = min(until, verified.expires_at)
         if key is not None and key.retire_at is not None:
-            lifetime = min(lifetime, key.retire_at - wall)
-        if lifetime <= 0:
+            until = min(until, key.retire_at)
+        if until <= now:
             return
         entry = (
-            clock.monotonic() + lifetime,
+            now,
+            until,
             generation,
             dataclasses.replace(verified, from_cache=True),
             jti,
+            signed,
         )
         with self._lock:
             cache = self._cache
@@ -566,9 +639,12 @@ class VersionedTokenVerifier:
     def revoke(self, token_or_jti: str, *, until: float | None = None) -> None:
         """Reject a token, or every token with a given ``jti``, from now on.
 
-        It is dropped from the cache at once. Revocations are forgotten once they no
-        longer matter: at ``until`` (wall-clock seconds), or else at the token's own
-        ``exp`` when it can be read; a bare ``jti`` without ``until`` is kept for good.
+        A JWT is revoked by the part its signature covers, so no other spelling of its
+        signature gets it accepted; the cache never serves it again, even should a
+        verification already under way when it is revoked finish later. Revocations
+        are forgotten once they no longer matter: at ``until`` (wall-clock seconds), or
+        else at the token's own ``exp`` when it can be read; a bare ``jti`` without
+        ``until`` is kept for good.
 
         Args:
             token_or_jti: a token, or the value of a ``jti`` claim.
@@ -591,36 +667,37 @@ class VersionedTokenVerifier:
         if not isinstance(token_or_jti, str) or not token_or_jti:
             raise ConfigurationError("token_or_jti", "must be a non-empty string")
         check_positive("until", until, allow_zero=True)
-        jti, expires = self._peek(token_or_jti)
+        signed, jti, expires = self._peek(token_or_jti)
         forget_at = until if until is not None else expires
         now = resolve_clock(self._clock).time()
+        keys = {signed or token_or_jti, jti}
+        keys.discard(None)
         with self._lock:
-            self._revoked = {k: t for k, t in self._revoked.items() if t is None or t > now}
-            self._revoked[token_or_jti] = forget_at
-            if jti is not None:
-                self._revoked[jti] = forget_at
+            revoked = {k: t for k, t in self._revoked.items() if t is None or t > now}
+            revoked.update(dict.fromkeys(cast("set[str]", keys), forget_at))
+            self._revoked = revoked
             self._cache = {
                 token: entry
                 for token, entry in self._cache.items()
-                if token != token_or_jti and entry[3] not in (token_or_jti, jti)
+                if entry[5] not in keys and entry[4] not in keys
             }
 
-    def _peek(self, token: str) -> tuple[str | None, float | None]:
-        """The ``jti`` and ``exp`` of a token, read without verifying (for bookkeeping)."""
+    def _peek(self, token: str) -> tuple[str | None, str | None, float | None]:
+        """The signed part, ``jti`` and ``exp`` of a JWT, read without verifying."""
         entry = self._cache.get(token)
         if entry is not None:
-            return entry[3], entry[2].expires_at
+            return entry[5], entry[4], entry[3].expires_at
         try:
-            parsed = (_jwt.parse if token.startswith(_jwt.PREFIX) else _compact.parse)(token)
+            parsed = _jwt.parse(token)
             claims = json_object(parsed.payload, "claims")
         except TokenRejectedError:
-            return None, None
+            return None, None, None  # an opaque token, or a jti
         jti, expires = claims.get("jti"), claims.get("exp")
         forget_at = None
         if isinstance(expires, (int, float)) and not isinstance(expires, bool):
             with contextlib.suppress(OverflowError):
                 forget_at = float(expires) + self._leeway
-        return (jti if isinstance(jti, str) else None), forget_at
+        return parsed.signed, (jti if isinstance(jti, str) else None), forget_at
 
     def clear_cache(self) -> None:
         """Drop every cached verdict: the next presentation of each token is verified afresh.
