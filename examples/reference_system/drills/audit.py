@@ -42,6 +42,7 @@ class Producer:
 
     def event(self) -> tuple[str, Event]:
         rand = self.rand
+        payload: dict[str, Any]
         topic = rand.choice(TOPICS)
         org = f"o{rand.randint(1, 400)}"
         self._users += 1
@@ -54,7 +55,7 @@ class Producer:
             return topic, Event(type="organization.member_added", key=f"org:{org}", payload=payload)
         if topic == "billing":
             plan = rand.choice(["free", "team", "enterprise"])
-            payload: dict[str, Any] = {
+            payload = {
                 "org_id": org,
                 "plan": plan,
                 "limits": {"resources": {"free": 3, "team": 50, "enterprise": 1000}[plan]},
