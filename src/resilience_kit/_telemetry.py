@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 # to import as the policies themselves, and many programs never record anything.
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from opentelemetry.metrics import CallbackOptions, Counter, MeterProvider, Observation
+    from opentelemetry.metrics import (
+        CallbackOptions,
+        Counter,
+        Histogram,
+        MeterProvider,
+        Observation,
+    )
     from opentelemetry.trace import Span, TracerProvider
 
 METER_NAME = "resilience_kit"
@@ -28,6 +34,11 @@ OUTBOX_LAG = "resilience.outbox.lag"
 CONSUMER_MESSAGES = "resilience.consumer.messages"
 HEALTH_STATUS = "resilience.health.status"
 HEALTH_CHECK_STATUS = "resilience.health.check.status"
+BATCH_WRITER_DEPTH = "resilience.batch_writer.depth"
+BATCH_WRITER_ITEMS = "resilience.batch_writer.items"
+BATCH_WRITER_BATCHES = "resilience.batch_writer.batches"
+BATCH_WRITER_BATCH_SIZE = "resilience.batch_writer.batch_size"
+BATCH_WRITER_WRITE_DURATION = "resilience.batch_writer.write_duration"
 
 _DESCRIPTIONS = {
     RETRY_ATTEMPTS: "Retries scheduled and retry give-ups",
@@ -43,11 +54,16 @@ _DESCRIPTIONS = {
     CONSUMER_MESSAGES: "Messages handled by resilient consumers, by outcome",
     HEALTH_STATUS: "A service's health as last checked: 0 healthy, 1 degraded, 2 unhealthy",
     HEALTH_CHECK_STATUS: "Each health check's last verdict: 0 healthy, 1 degraded, 2 unhealthy",
+    BATCH_WRITER_DEPTH: "Items a batch writer holds: queued plus the batch being written",
+    BATCH_WRITER_ITEMS: "Items written by batch writers",
+    BATCH_WRITER_BATCHES: "Batch writes, by outcome (written, failed)",
+    BATCH_WRITER_BATCH_SIZE: "Items per batch written",
+    BATCH_WRITER_WRITE_DURATION: "Seconds a successful batch write took",
 }
 
 # Instruments read by `observe` that report a current value, not a running total.
-_GAUGES = {OUTBOX_BACKLOG, OUTBOX_LAG, HEALTH_STATUS, HEALTH_CHECK_STATUS}
-_UNITS = {OUTBOX_LAG: "s"}
+_GAUGES = {OUTBOX_BACKLOG, OUTBOX_LAG, HEALTH_STATUS, HEALTH_CHECK_STATUS, BATCH_WRITER_DEPTH}
+_UNITS = {OUTBOX_LAG: "s", BATCH_WRITER_WRITE_DURATION: "s"}
 
 logger = logging.getLogger("resilience_kit")
 logger.addHandler(logging.NullHandler())  # a library never prints unless configured
@@ -55,6 +71,7 @@ logger.addHandler(logging.NullHandler())  # a library never prints unless config
 _meter_provider: MeterProvider | None = None
 _tracer_provider: TracerProvider | None = None
 _counters: dict[str, Counter] = {}
+_histograms: dict[str, Histogram] = {}
 _observables: dict[str, Any] = {}
 
 
@@ -83,6 +100,7 @@ def configure(
     _meter_provider = meter_provider
     _tracer_provider = tracer_provider
     _counters.clear()
+    _histograms.clear()
     _observables.clear()
     for name, (owners, _, _) in _sources.items():
         if owners:
@@ -99,6 +117,25 @@ def _counter(name: str) -> Counter:
         counter = meter.create_counter(name, unit="1", description=_DESCRIPTIONS[name])
         _counters[name] = counter
     return counter
+
+
+def _histogram(name: str) -> Histogram:
+    histogram = _histograms.get(name)
+    if histogram is None:
+        from opentelemetry import metrics  # noqa: PLC0415  (deferred: see the imports)
+
+        provider = _meter_provider or metrics.get_meter_provider()
+        meter = provider.get_meter(METER_NAME)
+        histogram = meter.create_histogram(
+            name, unit=_UNITS.get(name, "1"), description=_DESCRIPTIONS[name]
+        )
+        _histograms[name] = histogram
+    return histogram
+
+
+def record(name: str, value: float, attributes: Mapping[str, str]) -> None:
+    """Record one measurement (a batch's size, a write's duration) on the histogram ``name``."""
+    (_histograms.get(name) or _histogram(name)).record(value, attributes)
 
 
 def _observable(name: str) -> None:

@@ -28,6 +28,9 @@ Messaging adds (see the messaging docs for the outcomes):
 - ``resilience.idempotency.calls``: observable counter, attributes ``idempotent`` and
   ``outcome`` (``executed``, ``replayed``, ``conflict``, ``in_progress``, ``failed``,
   ``lease_lost``).
+- ``resilience.batch_writer.depth`` (gauge), ``.items`` and ``.batches`` (counters,
+  attribute ``outcome``: ``written``, ``failed``), ``.batch_size`` and
+  ``.write_duration`` (histograms, seconds), all with the attribute ``writer``.
 
 Health checks add gauges of the latest run's verdicts, valued 0 (healthy), 1 (degraded)
 or 2 (unhealthy): ``resilience.health.status`` (attribute ``health``) and

@@ -63,6 +63,9 @@ T = TypeVar("T")
 # How long autojump waits, in real time, before looking again at a busy worker thread:
 # short, since a database call takes well under a millisecond.
 _THREAD_POLL = 0.0001
+# How long autojump lets asyncio's wait_all_tasks_blocked look, in real time, before it
+# looks again itself.
+_BLOCKED_POLL = 0.001
 
 
 class _Timer:
@@ -267,7 +270,13 @@ class VirtualClock:
             if threads.borrowed_tokens:
                 await anyio.sleep(_THREAD_POLL)  # real time: let the worker thread finish
                 continue
-            await anyio.wait_all_tasks_blocked()
+            # asyncio's wait_all_tasks_blocked sleeps a real 0.1 s each time it sees a
+            # runnable task (a consumer handing a batch to its lanes runs long chains of
+            # wake-ups); cut that short and look again instead.
+            with anyio.move_on_after(_BLOCKED_POLL) as waited:
+                await anyio.wait_all_tasks_blocked()
+            if waited.cancelled_caught:
+                continue
             deadline = self.next_deadline()
             if threads.borrowed_tokens:
                 continue

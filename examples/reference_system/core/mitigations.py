@@ -14,6 +14,12 @@ KNOWN: dict[str, str] = {
     "fail-closed": "the gateway lets locally valid tokens through when the validator is down",
     "multi-version": "a deploy replaces the signing key at once instead of the four-step rotation",
     "retries": "database and HTTP calls are tried once",
+    "batching": "Audit writes one event per transaction instead of batches (group commit)",
+    "backpressure": "Audit buffers events in an unbounded queue and acks them before they "
+    "are written",
+    "retention": "Audit never deletes rows from its hot storage (archives still written)",
+    "archival": "Audit's retention deletes rows without archiving them to cold storage",
+    "alerting": "Audit reports no health checks on its writer and lag: no alert fires",
 }
 
 

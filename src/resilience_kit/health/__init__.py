@@ -4,7 +4,8 @@ A `HealthCheck` is a name, a probe (sync or async) and a timeout; `HealthChecks`
 them concurrently and adds their verdicts up into a `HealthReport`; `HealthEndpoint`
 serves ``/health/live`` and ``/health/ready`` to load balancers, orchestrators and
 monitors. Ready-made checks watch breakers (`breaker_check`), stores (`store_check`),
-the outbox (`outbox_check`), consumer lag (`lag_check`) and any number
+the outbox (`outbox_check`), consumer lag (`lag_check`), batch writers
+(`batch_writer_check`) and any number
 (`threshold_check`).
 
 Examples:
@@ -32,6 +33,7 @@ from resilience_kit.health._check import HealthChecks as HealthChecks
 from resilience_kit.health._check import HealthReport as HealthReport
 from resilience_kit.health._check import HealthStatus as HealthStatus
 from resilience_kit.health._check import Observed as Observed
+from resilience_kit.health._checks import batch_writer_check as batch_writer_check
 from resilience_kit.health._checks import breaker_check as breaker_check
 from resilience_kit.health._checks import lag_check as lag_check
 from resilience_kit.health._checks import outbox_check as outbox_check
@@ -47,6 +49,7 @@ __all__ = (
     "HealthReport",
     "HealthStatus",
     "Observed",
+    "batch_writer_check",
     "breaker_check",
     "lag_check",
     "outbox_check",

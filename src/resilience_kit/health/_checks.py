@@ -1,4 +1,4 @@
-"""Ready-made checks: breakers, stores, outbox backlog, consumer lag, any number.
+"""Ready-made checks: breakers, stores, outbox backlog, consumer lag, batch writers, any number.
 
 Each factory returns a `HealthCheck`. The objects they watch are duck-typed (small
 Protocols below), so that importing `resilience_kit.health` never imports messaging,
@@ -13,12 +13,20 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from resilience_kit.errors import ConfigurationError
-from resilience_kit.health._check import CheckResult, HealthCheck, HealthStatus, check_name
+from resilience_kit.health._check import (
+    CheckResult,
+    HealthCheck,
+    HealthStatus,
+    Observed,
+    check_name,
+)
 
 if TYPE_CHECKING:
+    from resilience_kit.messaging._batch import WriterStats
     from resilience_kit.messaging._records import OutboxStatus
 
 __all__ = (
+    "batch_writer_check",
     "breaker_check",
     "lag_check",
     "outbox_check",
@@ -50,6 +58,13 @@ class _OutboxStatusSource(Protocol):
     """What `outbox_check` reads: an `OutboxStore` (``store.outbox``)."""
 
     async def status(self) -> OutboxStatus: ...
+
+
+class _WriterStatsSource(Protocol):
+    """What `batch_writer_check` reads: a `BatchWriter`'s ``stats``."""
+
+    @property
+    def stats(self) -> WriterStats: ...
 
 
 # -- pure grading ------------------------------------------------------------------------
@@ -468,5 +483,86 @@ def outbox_check(
                 "oldest_pending_age": status.oldest_pending_age,
             },
         )
+
+    return HealthCheck(name, probe, timeout=timeout, critical=critical, cache_for=cache_for)
+
+
+def batch_writer_check(
+    writer: _WriterStatsSource,
+    *,
+    name: str = "batch_writer",
+    fill_degraded_above: float | None = 0.8,
+    fill_unhealthy_above: float | None = None,
+    failing_status: HealthStatus = HealthStatus.UNHEALTHY,
+    critical: bool = False,
+    timeout: float = 1.0,
+    cache_for: float = 0.0,
+) -> HealthCheck:
+    """A check on a `BatchWriter`: how full it is, and whether its writes fail.
+
+    It grades the fill ratio (items held over capacity: above ``fill_degraded_above``
+    producers are about to wait) and reports ``failing_status`` while the batch the
+    writer holds keeps failing (the storage is down or full: items are held, not lost,
+    but nothing is written). The verdict is the worse of the two. The report's
+    ``observed`` holds ``depth``, ``capacity``, ``fill``, ``written``, ``failures``
+    and, while failing, ``last_error``.
+
+    Non-critical by default: a writer that cannot write makes the service DEGRADED;
+    pass ``critical=True`` when the service is useless without it.
+
+    Args:
+        writer: a `resilience_kit.messaging.BatchWriter` (anything with its ``stats``).
+        name: the check's name.
+        fill_degraded_above: fill ratio (0 to 1) above which it degrades.
+        fill_unhealthy_above: fill ratio above which it is unhealthy.
+        failing_status: the verdict while writes fail.
+        critical: see `HealthCheck`.
+        timeout: see `HealthCheck`.
+        cache_for: see `HealthCheck`.
+
+    Raises:
+        ConfigurationError: for a bad parameter; the message names it.
+
+    Examples:
+        >>> import anyio
+        >>> from resilience_kit.health import HealthChecks
+        >>> from resilience_kit.messaging import BatchWriter
+        >>> writer = BatchWriter(print, name="audit", capacity=100)
+        >>> report = anyio.run(HealthChecks([batch_writer_check(writer)]).run)
+        >>> report["batch_writer"].status.value, report["batch_writer"].observed["fill"]
+        ('healthy', 0.0)
+    """
+    if not hasattr(writer, "stats"):
+        raise ConfigurationError("writer", f"must have stats (a BatchWriter), got {writer!r}")
+    fill = _thresholds(
+        fill_degraded_above,
+        fill_unhealthy_above,
+        names=("fill_degraded_above", "fill_unhealthy_above"),
+        required=False,
+    )
+    if not isinstance(failing_status, HealthStatus):
+        raise ConfigurationError(
+            "failing_status", f"must be a HealthStatus, got {failing_status!r}"
+        )
+
+    def probe() -> CheckResult:
+        stats = writer.stats
+        ratio = stats.depth / stats.capacity if stats.capacity else 0.0
+        status, detail = _measure(
+            "the fill ratio", ratio, degraded_above=fill[0], unhealthy_above=fill[1], unit=""
+        )
+        details = [] if detail is None else [f"{detail} ({stats.depth} of {stats.capacity})"]
+        observed: dict[str, Observed] = {
+            "depth": stats.depth,
+            "capacity": stats.capacity,
+            "fill": round(ratio, 4),
+            "written": stats.written,
+            "failures": stats.failures,
+        }
+        if stats.failing_since is not None:
+            status = HealthStatus.worst((status, failing_status))
+            details.append(f"writes failing: {stats.last_error}")
+            observed["last_error"] = stats.last_error or ""
+        return CheckResult(status, "; ".join(details) or None, observed)
 
     return HealthCheck(name, probe, timeout=timeout, critical=critical, cache_for=cache_for)

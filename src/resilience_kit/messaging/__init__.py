@@ -6,6 +6,8 @@
 - `Inbox`: de-duplication by event id, so effects happen once.
 - `DeadLetterQueue`: what was given up on, to list, replay or purge.
 - `ResilientConsumer`: de-duplicate, retry, dead-letter, keep consuming.
+- `BatchWriter`: write items in batches from a bounded queue (back-pressure), retrying
+  failed batches without losing an item.
 - `idempotent` + `IdempotencyMiddleware`: run a call once per idempotency key; the
   Idempotency-Key header contract for any ASGI app.
 - The store protocols (`OutboxStore`, `DeadLetterStore`, `InboxStore`,
@@ -28,6 +30,8 @@ from resilience_kit.errors import IdempotencyKeyError as IdempotencyKeyError
 from resilience_kit.errors import InvalidEventError as InvalidEventError
 from resilience_kit.errors import MalformedEventError as MalformedEventError
 from resilience_kit.messaging._asgi import IdempotencyMiddleware as IdempotencyMiddleware
+from resilience_kit.messaging._batch import BatchWriter as BatchWriter
+from resilience_kit.messaging._batch import WriterStats as WriterStats
 from resilience_kit.messaging._consumer import Outcome as Outcome
 from resilience_kit.messaging._consumer import ResilientConsumer as ResilientConsumer
 from resilience_kit.messaging._dead_letter import REPLAYS_HEADER as REPLAYS_HEADER
@@ -56,6 +60,7 @@ from resilience_kit.messaging._relay import RelayReport as RelayReport
 
 __all__ = (
     "REPLAYS_HEADER",
+    "BatchWriter",
     "BlockedRow",
     "DeadLetter",
     "DeadLetterFilter",
@@ -87,6 +92,7 @@ __all__ = (
     "ReplayReport",
     "ResilientConsumer",
     "Subscriber",
+    "WriterStats",
     "idempotent",
 )
 
