@@ -23,7 +23,8 @@ ResilienceError
 ├── IdempotencyError                         an idempotent call was refused
 │   ├── IdempotencyKeyError (also ValueError)         the key is missing, empty or too long
 │   ├── IdempotencyConflictError             the key was used before with a different request
-│   └── IdempotencyInProgressError           a call with the key is running right now
+│   ├── IdempotencyInProgressError           a call with the key is running right now
+│   └── IdempotencyResultError               a call ran, but its result could not be stored
 └── TokenRejectedError (.reason)             a token verifier refused a token
     ├── MalformedTokenError                  "malformed", "too_large"
     ├── TokenAlgorithmError                  "algorithm_not_allowed"
@@ -65,6 +66,7 @@ __all__ = (
     "IdempotencyError",
     "IdempotencyInProgressError",
     "IdempotencyKeyError",
+    "IdempotencyResultError",
     "InjectedFaultError",
     "InvalidEventError",
     "MalformedEventError",
@@ -650,3 +652,18 @@ class IdempotencyInProgressError(IdempotencyError):
     def __init__(self, message: str, *, key: str, retry_after: float | None = None) -> None:
         self.retry_after = retry_after
         super().__init__(message, key=key)
+
+
+class IdempotencyResultError(IdempotencyError):
+    """Raised when an idempotent call ran, but its result cannot be stored and read back.
+
+    The call's side effects happened, so it is never run again for its key: this is its
+    stored outcome, raised by the call and by every repeat until the record expires.
+    The message says why the result could not be stored (it does not match the return
+    annotation, or does not read back as it).
+
+    Examples:
+        >>> error = IdempotencyResultError("the result is not an int", key="k1")
+        >>> isinstance(error, IdempotencyError), error.key
+        (True, 'k1')
+    """

@@ -60,6 +60,7 @@ _MIN_POLL = 0.001  # never spin: a record about to expire is polled this often a
 # Stored results start with a tag: the decorator's outcomes, and HTTP responses.
 RESULT_TAG = b"R"
 FAILURE_TAG = b"E"
+UNSTORABLE_TAG = b"U"  # the call ran, its result could not be stored: never run it again
 RESPONSE_TAG = b"H"
 
 
