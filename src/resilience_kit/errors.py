@@ -19,6 +19,7 @@ ResilienceError
 │   └── EventTooLargeError                   an event's JSON is larger than max_bytes
 ├── StoreError                               a messaging store could not do what was asked
 │   ├── StoreUnavailableError (also ConnectionError)  its database or server is unreachable
+│   ├── StoreSchemaError                     its tables are missing or at another version
 │   └── CorruptRecordError (also ValueError)          a stored record cannot be read back
 ├── IdempotencyError                         an idempotent call was refused
 │   ├── IdempotencyKeyError (also ValueError)         the key is missing, empty or too long
@@ -74,6 +75,7 @@ __all__ = (
     "ResilienceError",
     "RetryExhaustedError",
     "StoreError",
+    "StoreSchemaError",
     "StoreURLError",
     "StoreUnavailableError",
     "TimeoutExceededError",
@@ -575,6 +577,21 @@ class StoreUnavailableError(StoreError, ConnectionError):
     Examples:
         >>> issubclass(StoreUnavailableError, ConnectionError)
         True
+    """
+
+
+class StoreSchemaError(StoreError):
+    """Raised when a store's tables are missing, or at a version it cannot use.
+
+    A store that may not create or migrate them (``auto_migrate=False``, as the
+    ``resilience-kit`` command opens every store) raises it before changing anything;
+    ``store.migrate()`` or ``resilience-kit migrate --store URL`` creates them. A schema
+    newer than the library raises it too: upgrade resilience-patterns.
+
+    Examples:
+        >>> error = StoreSchemaError("no rk_ tables", store="SQLiteStore('app.db')")
+        >>> isinstance(error, StoreError), error.store
+        (True, "SQLiteStore('app.db')")
     """
 
 
