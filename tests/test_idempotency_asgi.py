@@ -496,12 +496,16 @@ class _DownStore:
         self.inner = inner
         self.down = False
         self.calls = 0
+        self.failures_left = 0  # calls that fail before the store is back by itself
 
     def __repr__(self) -> str:
         return "DownStore"
 
     def _check(self) -> None:
         self.calls += 1
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            raise StoreUnavailableError("connection reset", store="DownStore")
         if self.down:
             raise StoreUnavailableError("connection refused", store="DownStore")
 
@@ -576,10 +580,11 @@ async def test_an_outage_is_logged_once_when_it_begins_and_once_when_it_ends(
             await request(guarded, key=f"k-{number}".encode())
         clock.advance(5.0)
         store.down = False
-        for number in range(5):
+        for number in range(3):  # the end is logged once calls have succeeded for 1 s
             response = await request(guarded, key=f"ok-{number}".encode())
             assert response is not None
             assert response.status == 201
+            clock.advance(0.5)
     lines = [record for record in caplog.records if record.name == "resilience_kit.idempotency"]
     assert [record.levelno for record in lines] == [logging.ERROR, logging.WARNING]
     assert "DownStore" in lines[0].getMessage()
@@ -613,6 +618,31 @@ async def test_a_store_lost_while_the_app_ran_logs_once_and_the_client_keeps_its
     assert "outcomes cannot be stored" in lines[0].getMessage()
 
 
+async def test_a_response_whose_store_blipped_is_stored_once_it_is_back_and_never_rerun(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _DownStore(MemoryIdempotencyStore(clock))
+    app = Orders()
+    guarded = IdempotencyMiddleware(app, store, clock=clock)
+    app.gate = anyio.Event()
+    results: list[Response | None] = []
+
+    async def first() -> None:
+        results.append(await request(guarded))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(first)
+        await anyio.wait_all_tasks_blocked()
+        store.failures_left = 2  # the store drops two calls: the outcome's first tries
+        app.gate.set()
+    assert results[0] is not None
+    assert results[0].status == 201
+    replay = await request(guarded)
+    assert replay is not None
+    assert replay.header(b"idempotency-replayed") == b"true"
+    assert len(app.calls) == 1
+
+
 async def test_other_store_errors_still_propagate(clock: VirtualClock) -> None:
     class Refusing(_DownStore):
         async def claim(self, key: str, fingerprint: str, *, token: str, lock_for: float) -> Any:
@@ -633,3 +663,26 @@ def test_a_breaker_must_be_a_circuit_breaker(clock: VirtualClock) -> None:
     assert caught.value.parameter == "clock"
     breaker = CircuitBreaker("mine", clock=clock)
     IdempotencyMiddleware(Orders(), store, breaker=breaker)
+
+
+async def test_a_store_that_flaps_while_coming_back_is_one_outage(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _DownStore(MemoryIdempotencyStore(clock))
+    guarded = IdempotencyMiddleware(Orders(), store, clock=clock)
+    store.down = True
+    with caplog.at_level(logging.WARNING, logger="resilience_kit.idempotency"):
+        for number in range(3):
+            await request(guarded, key=f"down-{number}".encode())
+        clock.advance(5.0)
+        store.down = False
+        statuses = []
+        for number in range(6):
+            store.failures_left = 1 if number == 1 else 0  # a stale connection, once
+            response = await request(guarded, key=f"back-{number}".encode())
+            assert response is not None
+            statuses.append(response.status)
+            clock.advance(5.0 if response.status == 503 else 0.4)
+    assert statuses == [201, 503, 201, 201, 201, 201]
+    lines = [r for r in caplog.records if r.name == "resilience_kit.idempotency"]
+    assert [record.levelno for record in lines] == [logging.ERROR, logging.WARNING]

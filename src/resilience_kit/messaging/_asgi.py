@@ -64,6 +64,9 @@ _TITLES = {
     422: "Unprocessable Content",
     503: "Service Unavailable",
 }
+# Seconds a finished request keeps trying to store its response while the store is
+# down (the client already has it): a short outage must not let a retry run it again.
+_COMPLETE_FOR = 10.0
 # Seconds a client is told to wait when the store failed and no breaker says how long.
 _UNAVAILABLE_RETRY_AFTER = 5.0
 
@@ -107,6 +110,9 @@ class IdempotencyMiddleware:
     When the store cannot be reached, a guarded request gets **503** with ``Retry-After``
     (the application does not run: its effect could not be made idempotent), and the
     outage is logged once when it begins and once when it ends, not per request. A
+    request whose application ran while the store went away keeps trying to store its
+    response for up to 10 s (half ``lock_for`` at most), so that a short outage does not
+    let a retry run it again. A
     `CircuitBreaker` around the store's calls opens after a few such failures, so while
     the store is known to be down requests are refused at once, instead of each waiting
     for a connection timeout; after ``open_for`` one probe finds out whether it is back.
@@ -213,6 +219,7 @@ class IdempotencyMiddleware:
             clock=clock,
             breaker=breaker if breaker is not None else default_breaker(name, clock),
             outage=self._outage,
+            complete_for=min(lock_for / 2, _COMPLETE_FOR),
         )
         self.app = app
         self._header = header.lower().encode("ascii")

@@ -198,29 +198,36 @@ class StoreOutage:
     """Log a store's outage once when it begins and once when it ends, not per call.
 
     During an outage every request fails the same way; a traceback each (hundreds of
-    thousands of lines in seconds under load) buries the one line that matters.
+    thousands of lines in seconds under load) buries the one line that matters. A
+    store coming back often fails a few more calls (stale pooled connections, a
+    breaker's probe): the outage ends once calls have succeeded for ``settle`` seconds
+    with no failure between, so one outage is one pair of lines.
 
     Args:
         what: the store, as the log lines name it.
         clock: the clock that times the outage.
+        settle: seconds of successful calls that end an outage.
     """
 
-    __slots__ = ("_clock", "_refused", "_since", "what")
+    __slots__ = ("_clock", "_healthy_since", "_refused", "_since", "settle", "what")
 
-    def __init__(self, what: str, clock: Clock | None = None) -> None:
+    def __init__(self, what: str, clock: Clock | None = None, *, settle: float = 1.0) -> None:
         self.what = what
+        self.settle = settle
         self._clock = clock
         self._since: float | None = None
+        self._healthy_since: float | None = None
         self._refused = 0
 
     @property
     def down(self) -> bool:
-        """Whether the last call to the store failed as unavailable."""
+        """Whether an outage began and has not been seen to end."""
         return self._since is not None
 
     def failed(self, exc: BaseException, consequence: str) -> None:
         """Count a call the outage refused; log the first one, with what it caused."""
         self._refused += 1
+        self._healthy_since = None
         if self._since is not None:
             return
         self._since = resolve_clock(self._clock).monotonic()
@@ -233,17 +240,21 @@ class StoreOutage:
         )
 
     def recovered(self) -> None:
-        """A call to the store succeeded: log the end of an outage, if there was one."""
+        """A call to the store succeeded: log the end of an outage once it has settled."""
         if self._since is None:
             return
-        lasted = resolve_clock(self._clock).monotonic() - self._since
+        now = resolve_clock(self._clock).monotonic()
+        if self._healthy_since is None:
+            self._healthy_since = now
+        if now - self._healthy_since < self.settle:
+            return
         logger.warning(
             "%s is available again after %.1f s; %d call(s) were refused meanwhile",
             self.what,
-            lasted,
+            self._healthy_since - self._since,
             self._refused,
         )
-        self._since = None
+        self._since = self._healthy_since = None
         self._refused = 0
 
 
@@ -265,6 +276,8 @@ class IdempotencyGuard:
             call waiting for its own timeout.
         outage: logs store failures of `finish` and `abandon` once per outage, instead
             of a traceback each.
+        complete_for: seconds `finish` keeps trying to store an outcome while the store
+            cannot be reached (0: once).
     """
 
     __slots__ = (
@@ -273,6 +286,7 @@ class IdempotencyGuard:
         "_clock",
         "_counts",
         "_labels",
+        "complete_for",
         "lock_for",
         "name",
         "on_in_progress",
@@ -294,6 +308,7 @@ class IdempotencyGuard:
         clock: Clock | None = None,
         breaker: CircuitBreaker | None = None,
         outage: StoreOutage | None = None,
+        complete_for: float = 0.0,
     ) -> None:
         check_settings(
             store,
@@ -312,6 +327,7 @@ class IdempotencyGuard:
         self._clock = clock
         self._breaker = breaker
         self.outage = outage
+        self.complete_for = float(complete_for)
         self._counts: dict[Outcome, int] = dict.fromkeys(_OUTCOMES, 0)
         self._labels = {
             outcome: {"idempotent": self.name, "outcome": outcome} for outcome in _OUTCOMES
@@ -408,9 +424,7 @@ class IdempotencyGuard:
         self.count(outcome)
         try:
             with anyio.CancelScope(shield=True):  # a finished call's outcome is always stored
-                stored = await self._store_call(
-                    self.store.complete, run.key, token=run.token, result=data, ttl=self.ttl
-                )
+                stored = await self._complete(run, data)
         except Exception as exc:
             if self.outage is not None and unavailable(exc):
                 self.outage.failed(
@@ -437,6 +451,29 @@ class IdempotencyGuard:
                 run.key,
                 self.lock_for,
             )
+
+    async def _complete(self, run: Run, data: bytes) -> bool:
+        """``store.complete``, tried again for up to ``complete_for`` while it is down.
+
+        A short outage must not lose the outcome of a call that ran: its claim would
+        expire after ``lock_for`` and a retry would run the call again. Completing is
+        conditioned on the claim's token, so trying again is always safe.
+        """
+        clock = resolve_clock(self._clock)
+        deadline = clock.monotonic() + self.complete_for
+        delay = _FIRST_POLL * 5
+        while True:
+            try:
+                return await self._store_call(
+                    self.store.complete, run.key, token=run.token, result=data, ttl=self.ttl
+                )
+            except Exception as exc:  # noqa: PERF203 - a retry loop
+                remaining = deadline - clock.monotonic()
+                if not unavailable(exc) or remaining <= 0:
+                    raise
+                wait = exc.retry_after if isinstance(exc, CircuitOpenError) else None
+                await clock.asleep(max(_MIN_POLL, min(wait or delay, remaining)))
+                delay = min(delay * 2, _MAX_POLL)
 
     async def abandon(self, run: Run) -> None:
         """Release the claim so that the next call with the key runs; never raises."""
