@@ -16,6 +16,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import Base64Bytes, BaseModel, ConfigDict
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from typing_extensions import TypedDict
 
 from resilience_kit import telemetry
@@ -631,6 +632,28 @@ async def _envelope(key: str) -> Envelope:
     return Envelope(uploads=[])
 
 
+@pydantic_dataclass
+class Scan:
+    image: bytes  # a pydantic dataclass keeps its own configuration too
+
+
+async def _scan(key: str) -> Scan:
+    return Scan(image=b"\xff")
+
+
+class Tree(BaseModel):
+    children: list[Tree] = []
+    blob: bytes = b""
+
+
+async def _tree(key: str) -> Tree:
+    return Tree()
+
+
+async def _maybe(key: str) -> dict[str, Upload] | None:
+    return None
+
+
 async def _callable(key: str) -> Callable[[], int]:
     return lambda: 1
 
@@ -644,6 +667,9 @@ async def _class(key: str) -> type[int]:
     [
         (_upload, "the bytes field Upload.data is written as utf8 text"),
         (_envelope, "the bytes field Upload.data is written as utf8 text"),
+        (_scan, "the bytes field Scan.image is written as utf8 text"),
+        (_tree, "the bytes field Tree.blob is written as utf8 text"),
+        (_maybe, "the bytes field Upload.data is written as utf8 text"),
         (_callable, "is a callable, which has no JSON form"),
         (_class, "is a class, which has no JSON form"),
     ],

@@ -189,6 +189,9 @@ def _problems(
     for key, value in node.items():
         if key in _NOT_SCHEMAS or key == "type":
             continue
+        if kind == "dataclass-field" and key == "schema":
+            yield from _problems(value, config, definitions, seen, f"{where}{node['name']}.")
+            continue
         if kind in ("model-fields", "typed-dict") and key == "fields" and isinstance(value, dict):
             for field, schema in value.items():
                 yield from _problems(schema, config, definitions, seen, f"{where}{field}.")
