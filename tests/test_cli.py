@@ -464,7 +464,7 @@ def test_replay_failures_are_reported_and_exit_1(
         async def publish(self, topic: str, event: Event) -> None:
             raise ConnectionError("broker down")
 
-    monkeypatch.setattr(cli, "open_store", lambda url: store)
+    monkeypatch.setattr(cli, "open_store", lambda url, **_: store)
     monkeypatch.setattr(
         "resilience_kit._cli.commands.open_publisher", lambda target, store: Broken()
     )
@@ -888,7 +888,7 @@ def test_an_unexpected_error_is_one_line(
     async def explode(*args: object) -> int:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(cli, "open_store", lambda url: store)
+    monkeypatch.setattr(cli, "open_store", lambda url, **_: store)
     monkeypatch.setitem(COMMANDS, "dead-letters list", explode)
     code, out, err = run(capsys, "dead-letters", "list", "--store", "memory://")
     assert (code, out) == (1, "")
@@ -911,7 +911,7 @@ def test_outbox_commands_need_a_store_with_an_outbox(
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(cli, "open_store", lambda url: NoOutbox())
+    monkeypatch.setattr(cli, "open_store", lambda url, **_: NoOutbox())
     for command in (
         ["outbox", "status"],
         ["outbox", "blocked"],
@@ -1203,3 +1203,124 @@ def test_private_docstring_examples() -> None:
         results = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert results.attempted > 0, module.__name__
         assert results.failed == 0, module.__name__
+
+
+# -- the schema: only migrate creates it ----------------------------------------------------
+
+
+@pytest.fixture
+def users_db(tmp_path: Path) -> Path:
+    """An application's database that has never seen resilience-kit: one users table."""
+    path = tmp_path / "other.db"
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        connection.execute("INSERT INTO users (name) VALUES ('ada')")
+    connection.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["dead-letters", "list"],
+        ["dead-letters", "show", "0190b3b0-0000-7000-8000-000000000000"],
+        ["dead-letters", "replay", "--to", "outbox", "--dry-run"],
+        ["dead-letters", "purge", "--all", "--yes"],
+        ["outbox", "status"],
+        ["outbox", "blocked"],
+        ["outbox", "replay", "--blocked"],
+    ],
+    ids=" ".join,
+)
+def test_commands_refuse_a_database_without_the_schema_and_leave_it_byte_identical(
+    capsys: pytest.CaptureFixture[str], users_db: Path, command: list[str]
+) -> None:
+    before = users_db.read_bytes()
+    code, out, err = run(capsys, *command, "--store", f"sqlite:///{users_db}")
+    assert code == 2
+    assert out == ""
+    assert "has no resilience-kit tables" in err
+    assert "resilience-kit migrate --store URL" in err
+    assert users_db.read_bytes() == before
+    assert sorted(path.name for path in users_db.parent.iterdir()) == ["other.db"]
+
+
+def test_migrate_creates_the_schema_then_the_commands_work(
+    capsys: pytest.CaptureFixture[str], users_db: Path
+) -> None:
+    url = f"sqlite:///{users_db}"
+    code, out, _ = run(capsys, "migrate", "--store", url)
+    assert code == 0
+    assert "created and up to date" in out
+    assert run(capsys, "outbox", "status", "--store", url)[0] == 0
+    assert run(capsys, "dead-letters", "list", "--store", url)[1] == "no dead letters\n"
+    code, out, _ = run(capsys, "migrate", "--store", url, "--json")  # again: nothing to do
+    assert (code, json.loads(out)["migrated"]) == (0, True)
+    connection = sqlite3.connect(users_db)
+    assert connection.execute("SELECT name FROM users").fetchall() == [("ada",)]
+    connection.close()
+
+
+def test_an_outdated_schema_is_refused_and_left_for_migrate(
+    capsys: pytest.CaptureFixture[str], users_db: Path
+) -> None:
+    connection = sqlite3.connect(users_db)
+    with connection:  # the version table of a schema older than every migration
+        connection.execute("CREATE TABLE rk_schema_version (version INTEGER, applied_at REAL)")
+    connection.close()
+    before = users_db.read_bytes()
+    code, _, err = run(capsys, "outbox", "status", "--store", f"sqlite:///{users_db}")
+    assert code == 2
+    assert "has no resilience-kit tables" in err
+    assert users_db.read_bytes() == before
+
+
+def test_migrate_a_store_without_tables_has_nothing_to_do(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class KeysOnly:  # a Redis store: keys, no tables
+        dead_letters = MemoryStore().dead_letters
+
+        def close(self) -> None:
+            pass
+
+        def __repr__(self) -> str:
+            return "RedisStore('redis://cache')"
+
+    monkeypatch.setattr(cli, "open_store", lambda url, **_: KeysOnly())
+    code, out, _ = run(capsys, "migrate", "--store", "redis://cache")
+    assert (code, out) == (
+        0,
+        "RedisStore('redis://cache') has no tables to create: nothing to do\n",
+    )
+    code, out, _ = run(capsys, "migrate", "--store", "redis://cache", "--json")
+    assert json.loads(out) == {"migrated": False, "store": "RedisStore('redis://cache')"}
+    assert run(capsys, "migrate", "--store", "memory://")[0] == 0
+
+
+def test_commands_refuse_a_postgres_schema_without_the_tables_and_create_nothing(
+    capsys: pytest.CaptureFixture[str], postgres_url: str
+) -> None:
+    import psycopg  # noqa: PLC0415 - the postgres extra
+
+    schema = f"cli_{uuid.uuid4().hex[:12]}"
+    url = f"{postgres_url}?schema={schema}"
+
+    def exists() -> bool:
+        with psycopg.connect(postgres_url) as connection:
+            row = connection.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone()
+        return row is not None and row[0] is not None
+
+    try:
+        for command in (["outbox", "status"], ["dead-letters", "list"]):
+            code, out, err = run(capsys, *command, "--store", url)
+            assert (code, out) == (2, "")
+            assert "has no resilience-kit tables" in err
+        assert not exists()
+        assert run(capsys, "migrate", "--store", url)[0] == 0
+        assert exists()
+        assert run(capsys, "outbox", "status", "--store", url)[0] == 0
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as connection:
+            connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,13 @@ from typing import Any
 import anyio
 import pytest
 
-from resilience_kit.errors import ConfigurationError, CorruptRecordError
+from resilience_kit import CircuitBreaker
+from resilience_kit.errors import (
+    ConfigurationError,
+    CorruptRecordError,
+    StoreError,
+    StoreUnavailableError,
+)
 from resilience_kit.messaging import IdempotencyMiddleware
 from resilience_kit.stores.memory._idempotency import MemoryIdempotencyStore
 from resilience_kit.testing import VirtualClock
@@ -477,3 +484,205 @@ def test_methods_and_header_are_normalised(store: MemoryIdempotencyStore) -> Non
     app = IdempotencyMiddleware(Orders(), store, header="X-Request-Key", methods=["post", "put"])
     assert (app.header, app.methods) == ("x-request-key", ("POST", "PUT"))
     assert "IdempotencyMiddleware(" in repr(app)
+
+
+# -- store outages ---------------------------------------------------------------------------
+
+
+class _DownStore:
+    """An idempotency store whose server can be taken down and brought back."""
+
+    def __init__(self, inner: MemoryIdempotencyStore) -> None:
+        self.inner = inner
+        self.down = False
+        self.calls = 0
+        self.failures_left = 0  # calls that fail before the store is back by itself
+
+    def __repr__(self) -> str:
+        return "DownStore"
+
+    def _check(self) -> None:
+        self.calls += 1
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            raise StoreUnavailableError("connection reset", store="DownStore")
+        if self.down:
+            raise StoreUnavailableError("connection refused", store="DownStore")
+
+    async def claim(self, key: str, fingerprint: str, *, token: str, lock_for: float) -> Any:
+        self._check()
+        return await self.inner.claim(key, fingerprint, token=token, lock_for=lock_for)
+
+    async def complete(self, key: str, *, token: str, result: bytes, ttl: float) -> bool:
+        self._check()
+        return await self.inner.complete(key, token=token, result=result, ttl=ttl)
+
+    async def release(self, key: str, *, token: str) -> bool:
+        self._check()
+        return await self.inner.release(key, token=token)
+
+    async def get(self, key: str) -> Any:
+        self._check()
+        return await self.inner.get(key)
+
+    async def purge_expired(self) -> int:
+        return await self.inner.purge_expired()
+
+
+async def test_an_unreachable_store_is_a_503_problem_with_retry_after_and_the_app_never_runs(
+    clock: VirtualClock,
+) -> None:
+    store = _DownStore(MemoryIdempotencyStore(clock))
+    app = Orders()
+    guarded = IdempotencyMiddleware(app, store, clock=clock)
+    store.down = True
+    response = await request(guarded)
+    assert response is not None
+    assert response.status == 503
+    assert response.header(b"retry-after") == b"5"
+    assert response.problem["title"] == "Service Unavailable"
+    assert "retry it with the same key" in response.problem["detail"]
+    assert app.calls == []
+
+
+async def test_a_store_known_to_be_down_is_refused_at_once_until_a_probe_finds_it_back(
+    clock: VirtualClock,
+) -> None:
+    store = _DownStore(MemoryIdempotencyStore(clock))
+    app = Orders()
+    guarded = IdempotencyMiddleware(app, store, clock=clock)
+    store.down = True
+    for number in range(20):
+        response = await request(guarded, key=f"k-{number}".encode())
+        assert response is not None
+        assert response.status == 503
+    assert store.calls == 3  # the breaker opened after three failures: no more waits
+    clock.advance(2.0)
+    response = await request(guarded, key=b"k-x")
+    assert response is not None
+    assert response.header(b"retry-after") == b"3"  # when the breaker admits a probe
+    store.down = False
+    clock.advance(3.0)
+    response = await request(guarded, key=b"k-y")
+    assert response is not None
+    assert response.status == 201
+    assert app.calls == [b'{"sku": "tea"}']
+
+
+async def test_an_outage_is_logged_once_when_it_begins_and_once_when_it_ends(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _DownStore(MemoryIdempotencyStore(clock))
+    guarded = IdempotencyMiddleware(Orders(), store, clock=clock)
+    store.down = True
+    with caplog.at_level(logging.WARNING, logger="resilience_kit"):
+        for number in range(50):
+            await request(guarded, key=f"k-{number}".encode())
+        clock.advance(5.0)
+        store.down = False
+        for number in range(3):  # the end is logged once calls have succeeded for 1 s
+            response = await request(guarded, key=f"ok-{number}".encode())
+            assert response is not None
+            assert response.status == 201
+            clock.advance(0.5)
+    lines = [record for record in caplog.records if record.name == "resilience_kit.idempotency"]
+    assert [record.levelno for record in lines] == [logging.ERROR, logging.WARNING]
+    assert "DownStore" in lines[0].getMessage()
+    assert "is unavailable (StoreUnavailableError: connection refused)" in lines[0].getMessage()
+    assert lines[0].exc_info is None  # no traceback: one line per outage
+    assert "available again after 5.0 s; 50 call(s) were refused" in lines[1].getMessage()
+
+
+async def test_a_store_lost_while_the_app_ran_logs_once_and_the_client_keeps_its_response(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _DownStore(MemoryIdempotencyStore(clock))
+    app = Orders()
+    guarded = IdempotencyMiddleware(app, store, clock=clock)
+    app.gate = anyio.Event()
+    results: list[Response | None] = []
+
+    async def one(key: bytes) -> None:
+        results.append(await request(guarded, key=key))
+
+    with caplog.at_level(logging.WARNING, logger="resilience_kit"):
+        async with anyio.create_task_group() as group:
+            for number in range(3):
+                group.start_soon(one, f"k-{number}".encode())
+            await anyio.wait_all_tasks_blocked()
+            store.down = True  # the store goes away while the application runs
+            app.gate.set()
+    assert [response.status for response in results if response] == [201, 201, 201]
+    lines = [r for r in caplog.records if r.name == "resilience_kit.idempotency"]
+    assert len(lines) == 1
+    assert "outcomes cannot be stored" in lines[0].getMessage()
+
+
+async def test_a_response_whose_store_blipped_is_stored_once_it_is_back_and_never_rerun(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _DownStore(MemoryIdempotencyStore(clock))
+    app = Orders()
+    guarded = IdempotencyMiddleware(app, store, clock=clock)
+    app.gate = anyio.Event()
+    results: list[Response | None] = []
+
+    async def first() -> None:
+        results.append(await request(guarded))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(first)
+        await anyio.wait_all_tasks_blocked()
+        store.failures_left = 2  # the store drops two calls: the outcome's first tries
+        app.gate.set()
+    assert results[0] is not None
+    assert results[0].status == 201
+    replay = await request(guarded)
+    assert replay is not None
+    assert replay.header(b"idempotency-replayed") == b"true"
+    assert len(app.calls) == 1
+
+
+async def test_other_store_errors_still_propagate(clock: VirtualClock) -> None:
+    class Refusing(_DownStore):
+        async def claim(self, key: str, fingerprint: str, *, token: str, lock_for: float) -> Any:
+            raise StoreError("permission denied for table rk_idempotency", store="Refusing")
+
+    guarded = IdempotencyMiddleware(Orders(), Refusing(MemoryIdempotencyStore(clock)), clock=clock)
+    with pytest.raises(StoreError, match="permission denied"):
+        await request(guarded)
+
+
+def test_a_breaker_must_be_a_circuit_breaker(clock: VirtualClock) -> None:
+    store = MemoryIdempotencyStore(clock)
+    with pytest.raises(ConfigurationError) as caught:
+        IdempotencyMiddleware(Orders(), store, breaker="on")  # type: ignore[arg-type]
+    assert caught.value.parameter == "breaker"
+    with pytest.raises(ConfigurationError) as caught:
+        IdempotencyMiddleware(Orders(), store, clock="system")  # type: ignore[arg-type]
+    assert caught.value.parameter == "clock"
+    breaker = CircuitBreaker("mine", clock=clock)
+    IdempotencyMiddleware(Orders(), store, breaker=breaker)
+
+
+async def test_a_store_that_flaps_while_coming_back_is_one_outage(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _DownStore(MemoryIdempotencyStore(clock))
+    guarded = IdempotencyMiddleware(Orders(), store, clock=clock)
+    store.down = True
+    with caplog.at_level(logging.WARNING, logger="resilience_kit.idempotency"):
+        for number in range(3):
+            await request(guarded, key=f"down-{number}".encode())
+        clock.advance(5.0)
+        store.down = False
+        statuses = []
+        for number in range(6):
+            store.failures_left = 1 if number == 1 else 0  # a stale connection, once
+            response = await request(guarded, key=f"back-{number}".encode())
+            assert response is not None
+            statuses.append(response.status)
+            clock.advance(5.0 if response.status == 503 else 0.4)
+    assert statuses == [201, 503, 201, 201, 201, 201]
+    lines = [r for r in caplog.records if r.name == "resilience_kit.idempotency"]
+    assert [record.levelno for record in lines] == [logging.ERROR, logging.WARNING]

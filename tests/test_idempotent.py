@@ -6,7 +6,7 @@ import gc
 import inspect
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -15,7 +15,9 @@ import anyio
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from pydantic import BaseModel
+from pydantic import Base64Bytes, BaseModel, ConfigDict
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from typing_extensions import TypedDict
 
 from resilience_kit import telemetry
 from resilience_kit.errors import (
@@ -25,6 +27,7 @@ from resilience_kit.errors import (
     IdempotencyError,
     IdempotencyInProgressError,
     IdempotencyKeyError,
+    IdempotencyResultError,
 )
 from resilience_kit.messaging import IdempotencyStore, idempotent
 from resilience_kit.messaging._guard import check_key, decide, scoped_key
@@ -510,16 +513,173 @@ async def test_cancellation_releases_the_claim_and_is_never_stored(
     assert len(charges.runs) == 2
 
 
-async def test_a_result_that_does_not_match_the_annotation_releases_the_claim(
+async def test_a_result_that_cannot_be_stored_is_an_outcome_and_never_runs_again(
     store: MemoryIdempotencyStore,
 ) -> None:
-    @idempotent(store, key="key")
+    calls: list[str] = []
+
+    @idempotent(store, key="key", name="wrong")
     async def wrong(key: str) -> int:
+        calls.append(key)
         return "not an int"  # type: ignore[return-value]
 
-    with pytest.raises(TypeError, match="cannot be stored as its return annotation says"):
+    with pytest.raises(IdempotencyResultError, match="cannot be stored") as first:
         await wrong("k")
-    assert store._entries == {}
+    with pytest.raises(IdempotencyResultError, match="cannot be stored") as repeat:
+        await wrong("k")
+    assert calls == ["k"]
+    assert first.value.key == repeat.value.key == "wrong::k"
+    assert store._entries["wrong::k"].status == "completed"
+
+
+class Reading(BaseModel):
+    value: float
+
+
+async def test_a_result_that_does_not_read_back_is_never_run_again(
+    store: MemoryIdempotencyStore,
+) -> None:
+    calls: list[str] = []
+
+    @idempotent(store, key="key")
+    async def measure(key: str) -> Reading:
+        calls.append(key)
+        return Reading(value=float("nan"))  # the model writes NaN as null
+
+    for _ in range(2):
+        with pytest.raises(IdempotencyResultError, match="Reading"):
+            await measure("k")
+    assert calls == ["k"]
+
+
+class Blob(BaseModel):
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+    data: bytes
+
+
+class Attachment(BaseModel):
+    name: str
+    content: Base64Bytes
+    parts: list[Blob] = []
+
+
+@dataclass
+class Frame:
+    payload: bytes
+
+
+class Packet(TypedDict):
+    payload: bytes
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\xff\x00\xfe",
+        Blob(data=b"\xff\x80"),
+        Attachment(name="a", content=b"\xff\x81", parts=[Blob(data=b"\x82")]),
+        Frame(b"\xff\x83"),
+        [Frame(b"\x84")],
+        {"p": b"\xff"},
+        float("inf"),
+    ],
+    ids=repr,
+)
+async def test_non_utf8_bytes_round_trip_in_models_and_dataclasses(
+    store: MemoryIdempotencyStore, value: object
+) -> None:
+    calls: list[object] = []
+    kind: Any = type(value) if not isinstance(value, (list, dict)) else Any
+    if isinstance(value, list):
+        kind = list[Frame]
+    elif isinstance(value, dict):
+        kind = dict[str, bytes]
+
+    async def produce(key: str) -> Any:
+        calls.append(key)
+        return value
+
+    produce.__annotations__["return"] = kind
+    guarded = idempotent(store, key="key", name=f"bytes-{len(calls)}-{id(value)}")(produce)
+    assert await guarded("k") == value
+    replayed = await guarded("k")
+    assert replayed == value
+    assert type(replayed) is type(value)
+    assert calls == ["k"]
+
+
+async def test_a_typed_dict_with_bytes_round_trips(store: MemoryIdempotencyStore) -> None:
+    @idempotent(store, key="key")
+    async def receive(key: str) -> Packet:
+        return {"payload": b"\xff\x85"}
+
+    assert await receive("k") == await receive("k") == {"payload": b"\xff\x85"}
+
+
+class Upload(BaseModel):
+    data: bytes  # written as UTF-8 text by the model's own configuration
+
+
+class Envelope(BaseModel):
+    uploads: list[Upload]
+
+
+async def _upload(key: str) -> Upload:
+    return Upload(data=b"\xff")
+
+
+async def _envelope(key: str) -> Envelope:
+    return Envelope(uploads=[])
+
+
+@pydantic_dataclass
+class Scan:
+    image: bytes  # a pydantic dataclass keeps its own configuration too
+
+
+async def _scan(key: str) -> Scan:
+    return Scan(image=b"\xff")
+
+
+class Tree(BaseModel):
+    children: list[Tree] = []
+    blob: bytes = b""
+
+
+async def _tree(key: str) -> Tree:
+    return Tree()
+
+
+async def _maybe(key: str) -> dict[str, Upload] | None:
+    return None
+
+
+async def _callable(key: str) -> Callable[[], int]:
+    return lambda: 1
+
+
+async def _class(key: str) -> type[int]:
+    return int
+
+
+@pytest.mark.parametrize(
+    ("function", "problem"),
+    [
+        (_upload, "the bytes field Upload.data is written as utf8 text"),
+        (_envelope, "the bytes field Upload.data is written as utf8 text"),
+        (_scan, "the bytes field Scan.image is written as utf8 text"),
+        (_tree, "the bytes field Tree.blob is written as utf8 text"),
+        (_maybe, "the bytes field Upload.data is written as utf8 text"),
+        (_callable, "is a callable, which has no JSON form"),
+        (_class, "is a class, which has no JSON form"),
+    ],
+)
+def test_return_types_that_cannot_be_stored_are_refused_at_decoration(
+    store: MemoryIdempotencyStore, function: Any, problem: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=problem) as caught:
+        idempotent(store, key="key")(function)
+    assert caught.value.parameter == "function"
 
 
 class _FlakyStore:

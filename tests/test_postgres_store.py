@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,6 +27,7 @@ from resilience_kit.errors import (
     StoreUnavailableError,
     StoreURLError,
 )
+from resilience_kit.messaging import Outbox
 from resilience_kit.messaging._event import Event
 from resilience_kit.messaging._protocols import (
     DeadLetterStore,
@@ -347,6 +349,49 @@ async def test_aadd_and_amark_in_an_async_connections_transaction(
         with pytest.raises(TypeError, match="aadd"):
             store.outbox.add(connection, [entry("k")])
     assert keys_of(await store.outbox.claim(limit=10, lease_for=30)) == ["k1", "k2"]
+
+
+def _docs_block(page: str, heading: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / "docs" / page).read_text()
+    section = text[text.index(heading) :]
+    return section[section.index("```python\n") + 10 : section.index("\n```\n")]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # psycopg's async API is asyncio-only
+@pytest.mark.anyio
+async def test_the_outbox_docs_async_transaction_example_commits_the_event_with_the_write(
+    postgres_url: str, store: PostgresStore
+) -> None:
+    namespace: dict[str, Any] = {}
+    exec(_docs_block("outbox.md", "### Inside an async transaction"), namespace)
+    outbox = Outbox(store.outbox, topic="orgs")
+    schema = store.schema
+    async with await psycopg.AsyncConnection.connect(
+        postgres_url, options=f"-c search_path={schema}"
+    ) as conn:
+        await conn.execute("CREATE TABLE members (org text, name text)")
+        await conn.execute("INSERT INTO members VALUES ('acme', 'ann'), ('acme', 'bob')")
+        await conn.commit()
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await namespace["remove_member"](outbox, conn, "bob")
+                raise RuntimeError("rolled back: neither the delete nor the event")
+        await namespace["remove_member"](outbox, conn, "ann")
+        cursor = await conn.execute("SELECT name FROM members ORDER BY name")
+        assert await cursor.fetchall() == [("bob",)]
+    claimed = await store.outbox.claim(limit=10, lease_for=30)
+    assert [message.event().payload for message in claimed] == [{"user": "ann"}]
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.anyio
+async def test_an_async_connection_on_trio_is_a_clear_error(store: PostgresStore) -> None:
+    # psycopg cannot open an AsyncConnection on trio; the check comes before any use.
+    connection = object.__new__(psycopg.AsyncConnection)
+    with pytest.raises(RuntimeError, match="asyncio only"):
+        await store.outbox.aadd(connection, [entry("k")])
+    with pytest.raises(RuntimeError, match="asyncio only"):
+        await store.inbox.amark(connection, "billing", uuid.uuid4())
 
 
 @pytest.mark.anyio

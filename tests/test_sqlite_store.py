@@ -31,6 +31,7 @@ from resilience_kit.errors import (
     ConfigurationError,
     CorruptRecordError,
     StoreError,
+    StoreSchemaError,
     StoreUnavailableError,
 )
 from resilience_kit.messaging import Event
@@ -966,3 +967,22 @@ def test_a_connection_of_another_kind_is_a_type_error(
         store.outbox.add(connection, [entry()])
     with pytest.raises(TypeError, match=r"sqlite3\.Connection"):
         store.inbox.mark(connection, "billing", uuid4())
+
+
+def test_without_auto_migrate_a_current_schema_is_used_and_a_newer_one_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "app.db"
+    with SQLiteStore(path) as store:
+        store.migrate()
+    with SQLiteStore(path, auto_migrate=False) as store:
+        assert anyio.run(store.outbox.status).pending == 0
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.execute("INSERT INTO rk_schema_version VALUES (99, 0)")
+    connection.close()
+    before = path.read_bytes()
+    with SQLiteStore(path, auto_migrate=False) as store:
+        with pytest.raises(StoreSchemaError, match="newer than this resilience-kit"):
+            anyio.run(store.outbox.status)
+    assert path.read_bytes() == before

@@ -3,13 +3,16 @@
 <!-- not run: the command synopsis -->
 ```text
 resilience-kit dead-letters list|show|replay|purge ...
-resilience-kit outbox status|replay ...
+resilience-kit outbox status|blocked|replay ...
+resilience-kit migrate
 ```
 
 Every command takes ``--store URL`` (or ``$RESILIENCE_KIT_STORE``): ``sqlite:///path``,
 ``postgresql://...?schema=...``, ``redis://...?prefix=...`` (see
 `resilience_kit.stores.open_store`), and ``--json`` to print one JSON document instead of
-tables. Exit status: 0 ok, 1 the operation failed or found nothing, 2 bad arguments.
+tables. Only ``migrate`` creates or upgrades a store's tables: every other command
+refuses a database without them (exit 2) and leaves it as it was. Exit status: 0 ok,
+1 the operation failed or found nothing, 2 bad arguments or no schema.
 Errors are one line on stderr (``--debug`` adds the traceback); a password in a URL is
 never printed.
 """
@@ -42,6 +45,7 @@ from resilience_kit._cli.parser import STORE_ENV, build_parser, check_arguments
 from resilience_kit.errors import (
     ConfigurationError,
     ResilienceError,
+    StoreSchemaError,
     StoreUnavailableError,
 )
 from resilience_kit.stores._url import open_store, parse_store_url, scrub
@@ -52,14 +56,17 @@ _INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 
 def _open(url: str) -> Any:
-    """The store at ``url``; a SQLite file must exist (a typo must not create a database)."""
+    """The store at ``url``; a SQLite file must exist (a typo must not create a database).
+
+    The store never creates or migrates its tables by itself: only ``migrate`` does.
+    """
     parsed = parse_store_url(url)
     if parsed.backend == "sqlite" and not Path(parsed.target).is_file():
         raise UsageError(
             f"no SQLite database at {parsed.target!r}"
             " (sqlite:///relative/path.db, sqlite:////absolute/path.db)"
         )
-    return open_store(url)
+    return open_store(url, auto_migrate=False)
 
 
 class _Warnings(logging.Handler):
@@ -111,6 +118,8 @@ def _run(args: Any, console: Console) -> int:
 def _message(exc: BaseException) -> tuple[int, str]:
     """The exit code and the one-line message for an error that ended a command."""
     if isinstance(exc, (UsageError, ConfigurationError)):
+        return USAGE, str(exc)
+    if isinstance(exc, StoreSchemaError):
         return USAGE, str(exc)
     if isinstance(exc, CommandError):
         return FAILED, str(exc)

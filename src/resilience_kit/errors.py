@@ -19,13 +19,15 @@ ResilienceError
 │   └── EventTooLargeError                   an event's JSON is larger than max_bytes
 ├── StoreError                               a messaging store could not do what was asked
 │   ├── StoreUnavailableError (also ConnectionError)  its database or server is unreachable
+│   ├── StoreSchemaError                     its tables are missing or at another version
 │   └── CorruptRecordError (also ValueError)          a stored record cannot be read back
 ├── TransportError                           a message broker refused what a transport asked
 │   └── TransportUnavailableError (also ConnectionError)  the broker is unreachable or silent
 ├── IdempotencyError                         an idempotent call was refused
 │   ├── IdempotencyKeyError (also ValueError)         the key is missing, empty or too long
 │   ├── IdempotencyConflictError             the key was used before with a different request
-│   └── IdempotencyInProgressError           a call with the key is running right now
+│   ├── IdempotencyInProgressError           a call with the key is running right now
+│   └── IdempotencyResultError               a call ran, but its result could not be stored
 └── TokenRejectedError (.reason)             a token verifier refused a token
     ├── MalformedTokenError                  "malformed", "too_large"
     ├── TokenAlgorithmError                  "algorithm_not_allowed"
@@ -67,6 +69,7 @@ __all__ = (
     "IdempotencyError",
     "IdempotencyInProgressError",
     "IdempotencyKeyError",
+    "IdempotencyResultError",
     "InjectedFaultError",
     "InvalidEventError",
     "MalformedEventError",
@@ -74,6 +77,7 @@ __all__ = (
     "ResilienceError",
     "RetryExhaustedError",
     "StoreError",
+    "StoreSchemaError",
     "StoreURLError",
     "StoreUnavailableError",
     "TimeoutExceededError",
@@ -582,6 +586,21 @@ class StoreUnavailableError(StoreError, ConnectionError):
     """
 
 
+class StoreSchemaError(StoreError):
+    """Raised when a store's tables are missing, or at a version it cannot use.
+
+    A store that may not create or migrate them (``auto_migrate=False``, as the
+    ``resilience-kit`` command opens every store) raises it before changing anything;
+    ``store.migrate()`` or ``resilience-kit migrate --store URL`` creates them. A schema
+    newer than the library raises it too: upgrade resilience-patterns.
+
+    Examples:
+        >>> error = StoreSchemaError("no rk_ tables", store="SQLiteStore('app.db')")
+        >>> isinstance(error, StoreError), error.store
+        (True, "SQLiteStore('app.db')")
+    """
+
+
 class CorruptRecordError(StoreError, ValueError):
     """Raised when a stored record cannot be read back: a corrupted row or value.
 
@@ -688,3 +707,18 @@ class IdempotencyInProgressError(IdempotencyError):
     def __init__(self, message: str, *, key: str, retry_after: float | None = None) -> None:
         self.retry_after = retry_after
         super().__init__(message, key=key)
+
+
+class IdempotencyResultError(IdempotencyError):
+    """Raised when an idempotent call ran, but its result cannot be stored and read back.
+
+    The call's side effects happened, so it is never run again for its key: this is its
+    stored outcome, raised by the call and by every repeat until the record expires.
+    The message says why the result could not be stored (it does not match the return
+    annotation, or does not read back as it).
+
+    Examples:
+        >>> error = IdempotencyResultError("the result is not an int", key="k1")
+        >>> isinstance(error, IdempotencyError), error.key
+        (True, 'k1')
+    """

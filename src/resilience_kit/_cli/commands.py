@@ -7,8 +7,11 @@ Every command returns an exit code, or raises `UsageError` (exit 2) or `CommandE
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+
+import anyio.to_thread
 
 from resilience_kit._cli.console import FAILED, OK, CommandError, Console, UsageError
 from resilience_kit._cli.format import (
@@ -293,6 +296,23 @@ async def outbox_replay(store: object, args: argparse.Namespace, console: Consol
     return FAILED if missed else OK
 
 
+async def migrate_store(store: object, args: argparse.Namespace, console: Console) -> int:
+    """``migrate``: create or upgrade the store's tables; the one command that may."""
+    migrate = getattr(store, "migrate", None)
+    if migrate is None:  # Redis: keys, no tables
+        if args.json:
+            console.print(to_json({"migrated": False, "store": repr(store)}))
+        else:
+            console.print(f"{store!r} has no tables to create: nothing to do")
+        return OK
+    await anyio.to_thread.run_sync(functools.partial(migrate))
+    if args.json:
+        console.print(to_json({"migrated": True, "store": repr(store)}))
+    else:
+        console.print(f"the tables of {store!r} are created and up to date")
+    return OK
+
+
 COMMANDS: dict[str, Command] = {
     "dead-letters list": list_dead_letters,
     "dead-letters show": show_dead_letter,
@@ -301,5 +321,6 @@ COMMANDS: dict[str, Command] = {
     "outbox status": outbox_status,
     "outbox blocked": outbox_blocked,
     "outbox replay": outbox_replay,
+    "migrate": migrate_store,
 }
 """Each command by its words on the command line."""

@@ -159,13 +159,18 @@ def build_parser(commands: dict[str, Callable[..., Any]]) -> argparse.ArgumentPa
     parser = _Parser(
         prog=PROG,
         description="Inspect and repair resilience-kit's dead letters and outbox.",
-        epilog="Exit status: 0 ok, 1 the operation failed or found nothing, 2 bad arguments.",
+        epilog=(
+            "Exit status: 0 ok, 1 the operation failed or found nothing, 2 bad arguments"
+            " or a store without its tables (create them with 'migrate')."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _common(parser, default=None)
     shared = _Parser(add_help=False)
     _common(shared, default=argparse.SUPPRESS)
-    groups = parser.add_subparsers(dest="group", metavar="{dead-letters,outbox}", required=True)
+    groups = parser.add_subparsers(
+        dest="group", metavar="{dead-letters,outbox,migrate}", required=True
+    )
 
     letters = groups.add_parser("dead-letters", help="list, show, replay and purge dead letters")
     letter_commands = letters.add_subparsers(dest="command", required=True)
@@ -236,8 +241,17 @@ def build_parser(commands: dict[str, Callable[..., Any]]) -> argparse.ArgumentPa
     )
     requeue.add_argument("--blocked", action="store_true", help="requeue every blocked row")
 
+    groups.add_parser(
+        "migrate",
+        parents=[shared],
+        help="create or upgrade the store's tables (no other command changes a schema)",
+    ).set_defaults(command=None)
+
     for name, command in commands.items():
         group, _, leaf = name.partition(" ")
+        if not leaf:
+            groups.choices[group].set_defaults(handler=command)
+            continue
         chooser = letter_commands if group == "dead-letters" else outbox_commands
         chooser.choices[leaf].set_defaults(handler=command)
     return parser

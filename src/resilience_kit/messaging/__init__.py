@@ -27,6 +27,7 @@ from resilience_kit.errors import IdempotencyConflictError as IdempotencyConflic
 from resilience_kit.errors import IdempotencyError as IdempotencyError
 from resilience_kit.errors import IdempotencyInProgressError as IdempotencyInProgressError
 from resilience_kit.errors import IdempotencyKeyError as IdempotencyKeyError
+from resilience_kit.errors import IdempotencyResultError as IdempotencyResultError
 from resilience_kit.errors import InvalidEventError as InvalidEventError
 from resilience_kit.errors import MalformedEventError as MalformedEventError
 from resilience_kit.messaging._asgi import IdempotencyMiddleware as IdempotencyMiddleware
@@ -75,6 +76,7 @@ __all__ = (
     "IdempotencyKeyError",
     "IdempotencyMiddleware",
     "IdempotencyRecord",
+    "IdempotencyResultError",
     "IdempotencyStore",
     "Inbox",
     "InboxStore",

@@ -9,10 +9,12 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resilience_kit._checks import check_int
+from resilience_kit.clock import Clock
 from resilience_kit.errors import (
+    CircuitOpenError,
     ConfigurationError,
     CorruptRecordError,
     IdempotencyConflictError,
@@ -23,10 +25,15 @@ from resilience_kit.messaging._guard import (
     RESPONSE_TAG,
     IdempotencyGuard,
     Replay,
+    StoreOutage,
     check_key,
     scoped_key,
+    unavailable,
 )
 from resilience_kit.messaging._protocols import IdempotencyStore
+
+if TYPE_CHECKING:
+    from resilience_kit.policies._breaker import CircuitBreaker
 
 __all__ = ("IdempotencyMiddleware",)
 
@@ -55,7 +62,33 @@ _TITLES = {
     409: "Conflict",
     413: "Content Too Large",
     422: "Unprocessable Content",
+    503: "Service Unavailable",
 }
+# Seconds a finished request keeps trying to store its response while the store is
+# down (the client already has it): a short outage must not let a retry run it again.
+_COMPLETE_FOR = 10.0
+# Seconds a client is told to wait when the store failed and no breaker says how long.
+_UNAVAILABLE_RETRY_AFTER = 5.0
+
+
+def default_breaker(name: str, clock: Clock | None) -> CircuitBreaker:
+    """The breaker around a middleware's store: opens on 3 failures of the last 10 calls.
+
+    Only "cannot reach the store" counts (``ConnectionError``, ``TimeoutError``, which
+    `StoreUnavailableError` is); after 5 s one probe call finds out whether it is back.
+    """
+    from resilience_kit.policies._breaker import CircuitBreaker  # noqa: PLC0415 - lazy layer
+
+    return CircuitBreaker(
+        f"idempotency-store:{name}",
+        failure_rate_threshold=0.3,
+        window=10,
+        minimum_calls=3,
+        open_for=_UNAVAILABLE_RETRY_AFTER,
+        half_open_calls=1,
+        record_on=(ConnectionError, TimeoutError),
+        clock=clock,
+    )
 
 
 class IdempotencyMiddleware:
@@ -73,6 +106,16 @@ class IdempotencyMiddleware:
       passes through unguarded); a malformed key (more than 255 characters, control
       characters, two headers): **400**;
     - a body larger than ``max_body_bytes``: **413**, without calling the application.
+
+    When the store cannot be reached, a guarded request gets **503** with ``Retry-After``
+    (the application does not run: its effect could not be made idempotent), and the
+    outage is logged once when it begins and once when it ends, not per request. A
+    request whose application ran while the store went away keeps trying to store its
+    response for up to 10 s (half ``lock_for`` at most), so that a short outage does not
+    let a retry run it again. A
+    `CircuitBreaker` around the store's calls opens after a few such failures, so while
+    the store is known to be down requests are refused at once, instead of each waiting
+    for a connection timeout; after ``open_for`` one probe finds out whether it is back.
 
     Errors are RFC 9457 problem documents (``application/problem+json``). Responses
     with a status of 500 or more, and requests whose application raised, are not
@@ -96,6 +139,9 @@ class IdempotencyMiddleware:
             expires after it.
         max_body_bytes: the largest request body accepted.
         max_response_bytes: the largest response body stored.
+        breaker: the `CircuitBreaker` around the store's calls (default: one that opens
+            when 3 of the last 10 calls could not reach the store, for 5 s).
+        clock: the clock of the default breaker and of the outage log.
 
     Raises:
         ConfigurationError: for a bad parameter; the message names it.
@@ -114,6 +160,7 @@ class IdempotencyMiddleware:
     __slots__ = (
         "_guard",
         "_header",
+        "_outage",
         "_scope",
         "app",
         "max_body_bytes",
@@ -136,6 +183,8 @@ class IdempotencyMiddleware:
         lock_for: float = 60.0,
         max_body_bytes: int = 1_048_576,
         max_response_bytes: int = 1_048_576,
+        breaker: CircuitBreaker | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if not callable(app):
             raise ConfigurationError("app", f"expected an ASGI application, got {app!r}")
@@ -154,8 +203,23 @@ class IdempotencyMiddleware:
             raise ConfigurationError("scope", f"expected a function of the scope, got {scope!r}")
         check_int("max_body_bytes", max_body_bytes, minimum=1)
         check_int("max_response_bytes", max_response_bytes, minimum=1)
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigurationError("clock", f"expected a Clock, got {clock!r}")
+        from resilience_kit.policies._breaker import CircuitBreaker  # noqa: PLC0415
+
+        if breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise ConfigurationError("breaker", f"expected a CircuitBreaker, got {breaker!r}")
+        self._outage = StoreOutage(f"the idempotency store {store!r} of {name!r}", clock)
         self._guard = IdempotencyGuard(
-            store, name=name, ttl=ttl, lock_for=lock_for, on_in_progress="raise"
+            store,
+            name=name,
+            ttl=ttl,
+            lock_for=lock_for,
+            on_in_progress="raise",
+            clock=clock,
+            breaker=breaker if breaker is not None else default_breaker(name, clock),
+            outage=self._outage,
+            complete_for=min(lock_for / 2, _COMPLETE_FOR),
         )
         self.app = app
         self._header = header.lower().encode("ascii")
@@ -216,6 +280,11 @@ class IdempotencyMiddleware:
                 [(b"retry-after", retry_after)],
             )
             return
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            await self._unavailable(send, exc)
+            return
         if isinstance(outcome, Replay):
             await _replay(outcome, self._guard.store, send)
             return
@@ -230,6 +299,19 @@ class IdempotencyMiddleware:
             await self._guard.abandon(outcome)
         else:
             await self._guard.finish(outcome, data)
+
+    async def _unavailable(self, send: Send, exc: Exception) -> None:
+        """Answer 503: the store is down, so the request cannot be made idempotent."""
+        self._outage.failed(exc, "guarded requests are answered 503 with Retry-After")
+        wait = exc.retry_after if isinstance(exc, CircuitOpenError) else None
+        seconds = max(1, math.ceil(wait if wait is not None else _UNAVAILABLE_RETRY_AFTER))
+        await _problem(
+            send,
+            503,
+            "the idempotency store is unavailable, so this request was not processed;"
+            " retry it with the same key",
+            [(b"retry-after", str(seconds).encode())],
+        )
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The whole request body, or ``None`` when it was refused or the client left."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import typing
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
 import anyio
 
@@ -20,6 +20,7 @@ from resilience_kit import _telemetry
 from resilience_kit._checks import check_name, check_positive
 from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import (
+    CircuitOpenError,
     ConfigurationError,
     CorruptRecordError,
     IdempotencyConflictError,
@@ -30,15 +31,23 @@ from resilience_kit.messaging._event import _check_name
 from resilience_kit.messaging._protocols import IdempotencyStore
 from resilience_kit.messaging._records import IdempotencyRecord
 
+if TYPE_CHECKING:
+    from resilience_kit.policies._breaker import CircuitBreaker
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
 __all__ = (
     "IDEMPOTENCY_CALLS",
     "Decision",
     "IdempotencyGuard",
     "Replay",
     "Run",
+    "StoreOutage",
     "check_key",
     "decide",
     "scoped_key",
+    "unavailable",
 )
 
 logger = logging.getLogger("resilience_kit.idempotency")
@@ -60,6 +69,7 @@ _MIN_POLL = 0.001  # never spin: a record about to expire is polled this often a
 # Stored results start with a tag: the decorator's outcomes, and HTTP responses.
 RESULT_TAG = b"R"
 FAILURE_TAG = b"E"
+UNSTORABLE_TAG = b"U"  # the call ran, its result could not be stored: never run it again
 RESPONSE_TAG = b"H"
 
 
@@ -179,6 +189,75 @@ def check_settings(
         raise ConfigurationError("clock", f"expected a Clock, got {clock!r}")
 
 
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store cannot be reached now (not that it refused)."""
+    return isinstance(exc, (ConnectionError, TimeoutError, CircuitOpenError))
+
+
+class StoreOutage:
+    """Log a store's outage once when it begins and once when it ends, not per call.
+
+    During an outage every request fails the same way; a traceback each (hundreds of
+    thousands of lines in seconds under load) buries the one line that matters. A
+    store coming back often fails a few more calls (stale pooled connections, a
+    breaker's probe): the outage ends once calls have succeeded for ``settle`` seconds
+    with no failure between, so one outage is one pair of lines.
+
+    Args:
+        what: the store, as the log lines name it.
+        clock: the clock that times the outage.
+        settle: seconds of successful calls that end an outage.
+    """
+
+    __slots__ = ("_clock", "_healthy_since", "_refused", "_since", "settle", "what")
+
+    def __init__(self, what: str, clock: Clock | None = None, *, settle: float = 1.0) -> None:
+        self.what = what
+        self.settle = settle
+        self._clock = clock
+        self._since: float | None = None
+        self._healthy_since: float | None = None
+        self._refused = 0
+
+    @property
+    def down(self) -> bool:
+        """Whether an outage began and has not been seen to end."""
+        return self._since is not None
+
+    def failed(self, exc: BaseException, consequence: str) -> None:
+        """Count a call the outage refused; log the first one, with what it caused."""
+        self._refused += 1
+        self._healthy_since = None
+        if self._since is not None:
+            return
+        self._since = resolve_clock(self._clock).monotonic()
+        logger.error(
+            "%s is unavailable (%s: %s); %s. Logged once per outage; its end is logged too",
+            self.what,
+            type(exc).__name__,
+            exc,
+            consequence,
+        )
+
+    def recovered(self) -> None:
+        """A call to the store succeeded: log the end of an outage once it has settled."""
+        if self._since is None:
+            return
+        now = resolve_clock(self._clock).monotonic()
+        if self._healthy_since is None:
+            self._healthy_since = now
+        if now - self._healthy_since < self.settle:
+            return
+        logger.warning(
+            "%s is available again after %.1f s; %d call(s) were refused meanwhile",
+            self.what,
+            self._healthy_since - self._since,
+            self._refused,
+        )
+        self._since = self._healthy_since = None
+        self._refused = 0
+
+
 class IdempotencyGuard:
     """The store side of idempotent calls, shared by `idempotent` and the ASGI middleware.
 
@@ -192,16 +271,26 @@ class IdempotencyGuard:
             `IdempotencyInProgressError` at once.
         wait_timeout: the longest wait (default: ``lock_for``).
         clock: the clock to wait on (default: the current default clock).
+        breaker: a `CircuitBreaker` around every call to the store, so that a store
+            known to be down is refused at once (`CircuitOpenError`) instead of each
+            call waiting for its own timeout.
+        outage: logs store failures of `finish` and `abandon` once per outage, instead
+            of a traceback each.
+        complete_for: seconds `finish` keeps trying to store an outcome while the store
+            cannot be reached (0: once).
     """
 
     __slots__ = (
         "__weakref__",
+        "_breaker",
         "_clock",
         "_counts",
         "_labels",
+        "complete_for",
         "lock_for",
         "name",
         "on_in_progress",
+        "outage",
         "store",
         "ttl",
         "wait_timeout",
@@ -217,6 +306,9 @@ class IdempotencyGuard:
         on_in_progress: OnInProgress = "wait",
         wait_timeout: float | None = None,
         clock: Clock | None = None,
+        breaker: CircuitBreaker | None = None,
+        outage: StoreOutage | None = None,
+        complete_for: float = 0.0,
     ) -> None:
         check_settings(
             store,
@@ -233,6 +325,9 @@ class IdempotencyGuard:
         self.on_in_progress = on_in_progress
         self.wait_timeout = float(lock_for if wait_timeout is None else wait_timeout)
         self._clock = clock
+        self._breaker = breaker
+        self.outage = outage
+        self.complete_for = float(complete_for)
         self._counts: dict[Outcome, int] = dict.fromkeys(_OUTCOMES, 0)
         self._labels = {
             outcome: {"idempotent": self.name, "outcome": outcome} for outcome in _OUTCOMES
@@ -298,14 +393,28 @@ class IdempotencyGuard:
                 )
             await clock.asleep(max(_MIN_POLL, min(delay, remaining, record.expires_in)))
             delay = min(delay * 2, _MAX_POLL)
-            record = await store.get(key)
+            record = await self._store_call(store.get, key)
 
     async def _claim(self, key: str, fingerprint: str, token: str) -> IdempotencyRecord:
         # Shielded: a claim the store made must reach this call, which releases it if
         # cancelled; a claim lost to cancellation would hold the key for lock_for.
         with anyio.CancelScope(shield=True):
-            record = await self.store.claim(key, fingerprint, token=token, lock_for=self.lock_for)
+            record = await self._store_call(
+                self.store.claim, key, fingerprint, token=token, lock_for=self.lock_for
+            )
         return record  # noqa: RET504  (returned inside the scope, mypy sees a possible None)
+
+    async def _store_call(
+        self, operation: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """One call to the store, through the breaker when there is one."""
+        if self._breaker is None:
+            result = await operation(*args, **kwargs)
+        else:
+            result = await self._breaker.acall(operation, *args, **kwargs)
+        if self.outage is not None and self.outage.down:
+            self.outage.recovered()
+        return result
 
     async def finish(self, run: Run, data: bytes, outcome: Outcome = "executed") -> None:
         """Store the call's outcome; a lost claim or a store failure is logged, not raised.
@@ -315,10 +424,15 @@ class IdempotencyGuard:
         self.count(outcome)
         try:
             with anyio.CancelScope(shield=True):  # a finished call's outcome is always stored
-                stored = await self.store.complete(
-                    run.key, token=run.token, result=data, ttl=self.ttl
+                stored = await self._complete(run, data)
+        except Exception as exc:
+            if self.outage is not None and unavailable(exc):
+                self.outage.failed(
+                    exc,
+                    f"outcomes cannot be stored: their keys stay claimed for up to "
+                    f"{self.lock_for:.1f} s, then a retry runs again",
                 )
-        except Exception:
+                return
             logger.exception(
                 "idempotent %r: could not store the outcome for key %r; a retry after %.1f s "
                 "will run the call again",
@@ -338,13 +452,42 @@ class IdempotencyGuard:
                 self.lock_for,
             )
 
+    async def _complete(self, run: Run, data: bytes) -> bool:
+        """``store.complete``, tried again for up to ``complete_for`` while it is down.
+
+        A short outage must not lose the outcome of a call that ran: its claim would
+        expire after ``lock_for`` and a retry would run the call again. Completing is
+        conditioned on the claim's token, so trying again is always safe.
+        """
+        clock = resolve_clock(self._clock)
+        deadline = clock.monotonic() + self.complete_for
+        delay = _FIRST_POLL * 5
+        while True:
+            try:
+                return await self._store_call(
+                    self.store.complete, run.key, token=run.token, result=data, ttl=self.ttl
+                )
+            except Exception as exc:  # noqa: PERF203 - a retry loop
+                remaining = deadline - clock.monotonic()
+                if not unavailable(exc) or remaining <= 0:
+                    raise
+                wait = exc.retry_after if isinstance(exc, CircuitOpenError) else None
+                await clock.asleep(max(_MIN_POLL, min(wait or delay, remaining)))
+                delay = min(delay * 2, _MAX_POLL)
+
     async def abandon(self, run: Run) -> None:
         """Release the claim so that the next call with the key runs; never raises."""
         self.count("failed")
         try:
             with anyio.CancelScope(shield=True):  # cancelled calls release their claim too
-                await self.store.release(run.key, token=run.token)
-        except Exception:
+                await self._store_call(self.store.release, run.key, token=run.token)
+        except Exception as exc:
+            if self.outage is not None and unavailable(exc):
+                self.outage.failed(
+                    exc,
+                    f"claims cannot be released: keys stay claimed for up to {self.lock_for:.1f} s",
+                )
+                return
             logger.exception(
                 "idempotent %r: could not release key %r; it stays claimed for up to %.1f s",
                 self.name,

@@ -27,10 +27,12 @@ from resilience_kit.errors import (
     ConfigurationError,
     CorruptRecordError,
     IdempotencyError,
+    IdempotencyResultError,
 )
 from resilience_kit.messaging._guard import (
     FAILURE_TAG,
     RESULT_TAG,
+    UNSTORABLE_TAG,
     IdempotencyGuard,
     OnInProgress,
     Replay,
@@ -201,13 +203,21 @@ class _Codec:
                 "read back (-> None, -> Order, or -> Any for plain JSON values)",
             )
         try:
-            return ValueCodec.for_type(hints["return"], bytes_as_base64=True)
+            codec = ValueCodec.for_type(hints["return"], bytes_as_base64=True)
         except pydantic.PydanticUserError as exc:
             raise ConfigurationError(
                 "function",
                 f"{self._name}() returns {hints['return']!r}, which pydantic cannot "
                 f"serialise, so its results cannot be stored ({exc})",
             ) from None
+        problem = codec.round_trip_problem()
+        if problem is not None:
+            raise ConfigurationError(
+                "function",
+                f"{self._name}() returns {hints['return']!r}, whose results cannot all be "
+                f"stored and read back: {problem}",
+            )
+        return codec
 
     @property
     def values(self) -> ValueCodec:
@@ -221,13 +231,26 @@ class _Codec:
         return self._values
 
     def encode(self, result: object) -> bytes:
-        try:
-            return RESULT_TAG + self.values.dump(result)
-        except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
-            raise TypeError(
-                f"{self._name}() returned a {type(result).__name__} that cannot be stored as "
-                f"its return annotation says ({exc}); its claim was released"
-            ) from exc
+        """The result as stored, checked to read back.
+
+        Raises:
+            ValueError: the result does not match the return annotation, or does not
+                read back as it (a NaN in a model's float field, a custom serializer).
+            TypeError: ditto, for some values.
+        """
+        values = self.values
+        data = values.dump(result)
+        values.survives(result, data)
+        return RESULT_TAG + data
+
+    def unstorable(self, result: object, exc: Exception) -> str:
+        """Why ``result`` could not be stored, as the error every repeat raises."""
+        detail = " ".join(str(exc).split())
+        return (
+            f"{self._name}() ran, but returned a {type(result).__name__} that cannot be "
+            f"stored and read back as its return annotation says ({detail}); it is not run "
+            "again for this key while the outcome is kept"
+        )
 
     def decode(self, data: bytes, *, store: IdempotencyStore, key: str) -> Any:
         try:
@@ -342,7 +365,9 @@ def idempotent(
     result (or raises `IdempotencyInProgressError`); a crashed call's claim expires after
     ``lock_for``. A call that raises releases its claim, so that a retry runs, unless
     the exception is one of ``store_failures``: then it is stored and raised again on
-    every repeat.
+    every repeat. A call whose result cannot be stored and read back raises
+    `IdempotencyResultError`, which is stored as its outcome: the call never runs again
+    for the key while it is kept.
 
     Args:
         store: where claims and outcomes live (``store.idempotency`` of a backend).
@@ -367,7 +392,9 @@ def idempotent(
 
     Raises:
         ConfigurationError: for a bad parameter, a synchronous function, a ``key`` that
-            names no parameter, or a return type pydantic cannot serialise.
+            names no parameter, or a return type whose values cannot all be stored and
+            read back (one pydantic cannot serialise, a model with a ``bytes`` field
+            written as UTF-8 text, a callable, a class).
 
     Examples:
         >>> import anyio
@@ -445,9 +472,12 @@ def idempotent(
                 raise
             try:
                 data = codec.encode(result)
-            except TypeError:
-                await guard.abandon(outcome)
-                raise
+            except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
+                # The call happened: releasing its claim would let every retry repeat its
+                # side effects. Its outcome is this error, stored like a result.
+                message = codec.unstorable(result, exc)
+                await guard.finish(outcome, UNSTORABLE_TAG + message.encode(), "failed")
+                raise IdempotencyResultError(message, key=stored_key) from exc
             await guard.finish(outcome, data)
             return result
 
@@ -465,6 +495,9 @@ def _replay(
     tag = replay.data[:1]
     if tag == RESULT_TAG:
         return codec.decode(replay.data, store=store, key=replay.key)
+    if tag == UNSTORABLE_TAG:
+        message = replay.data[1:].decode("utf-8", "replace")
+        raise IdempotencyResultError(message, key=replay.key)
     if tag == FAILURE_TAG:
         try:
             failure = failure_from(replay.data, failures, replay.key)

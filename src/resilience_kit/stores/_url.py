@@ -226,7 +226,7 @@ def parse_store_url(url: str) -> StoreURL:
     return _redis(parts, masked)
 
 
-def _construct(parsed: StoreURL) -> Store:
+def _construct(parsed: StoreURL, auto_migrate: bool) -> Store:
     # Backend modules are imported on use: each may need an optional extra.
     if parsed.backend == "memory":
         from resilience_kit.stores.memory import MemoryStore  # noqa: PLC0415
@@ -235,13 +235,13 @@ def _construct(parsed: StoreURL) -> Store:
     if parsed.backend == "sqlite":
         from resilience_kit.stores.sqlite import SQLiteStore  # noqa: PLC0415
 
-        return SQLiteStore(parsed.target)
+        return SQLiteStore(parsed.target, auto_migrate=auto_migrate)
     if parsed.backend == "postgres":
         from resilience_kit.stores.postgres import PostgresStore  # noqa: PLC0415
 
         if parsed.option is None:
-            return PostgresStore(parsed.target)
-        return PostgresStore(parsed.target, schema=parsed.option)
+            return PostgresStore(parsed.target, auto_migrate=auto_migrate)
+        return PostgresStore(parsed.target, schema=parsed.option, auto_migrate=auto_migrate)
     from resilience_kit.stores.redis import RedisStore  # noqa: PLC0415
 
     if parsed.option is None:
@@ -249,11 +249,13 @@ def _construct(parsed: StoreURL) -> Store:
     return RedisStore(url=parsed.target, prefix=parsed.option)
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, auto_migrate: bool = True) -> Store:
     """The messaging store a URL names: every component (outbox, dead letters...) in one.
 
-    Nothing is created or migrated: call the store's ``migrate()`` at start-up as with
-    a store built by hand, and ``close()`` it when done.
+    Nothing is created or migrated when it opens: call the store's ``migrate()`` at
+    start-up as with a store built by hand, and ``close()`` it when done. A SQL store
+    also migrates on first use, unless ``auto_migrate=False``: then a missing or
+    outdated schema raises `StoreSchemaError` and the database is left as it was.
 
     - ``sqlite:///relative.db``, ``sqlite:////absolute/path.db``: `SQLiteStore` on that
       file (SQLAlchemy's spelling: three slashes, then the path).
@@ -267,6 +269,8 @@ def open_store(url: str) -> Store:
 
     Args:
         url: the store URL.
+        auto_migrate: let a SQLite or PostgreSQL store create or upgrade its tables on
+            first use (Redis and memory stores have none).
 
     Raises:
         StoreURLError: the URL is malformed, has an unknown scheme, names no SQLite file,
@@ -286,7 +290,7 @@ def open_store(url: str) -> Store:
     """
     parsed = parse_store_url(url)
     try:
-        return _construct(parsed)
+        return _construct(parsed, bool(auto_migrate))
     except StoreURLError:
         raise
     except ValueError as exc:  # a ConfigurationError (a bad schema or prefix), or the driver's

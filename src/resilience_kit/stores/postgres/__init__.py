@@ -49,6 +49,10 @@ class PostgresStore:
             per adding transaction); without it relays only poll.
         timeout: seconds to wait for a connection before raising
             `StoreUnavailableError`.
+        auto_migrate: create or upgrade the tables on first use. Off, the first use
+            checks them (reading only) and a missing or outdated schema raises
+            `StoreSchemaError` without creating anything (how the ``resilience-kit``
+            command opens a store).
 
     Raises:
         ConfigurationError: not exactly one of ``url`` and ``pool``, a bad schema name
@@ -96,6 +100,7 @@ class PostgresStore:
         max_size: int = 10,
         notify: bool = True,
         timeout: float = 10.0,
+        auto_migrate: bool = True,
     ) -> None:
         self._db = Database(
             url,
@@ -105,6 +110,7 @@ class PostgresStore:
             max_size=max_size,
             timeout=timeout,
             migrate=migrate,
+            auto_migrate=bool(auto_migrate),
         )
         channel = channel_for(schema)
         self._listener = Listener(self._db, channel) if notify else None
@@ -132,11 +138,11 @@ class PostgresStore:
         """Create or upgrade the tables now (idempotent; safe from concurrent processes).
 
         Blocking: call it at start-up, or from a worker thread. The components also
-        migrate on first use.
+        migrate on first use, unless ``auto_migrate`` is off.
 
         Raises:
             StoreUnavailableError: the server cannot be reached.
-            StoreError: the schema was created by a newer resilience-kit.
+            StoreSchemaError: the schema was created by a newer resilience-kit.
 
         Examples:
             <!-- needs: POSTGRES_URL -->

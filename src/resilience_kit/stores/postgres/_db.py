@@ -7,6 +7,7 @@ psycopg's own async API only runs on asyncio.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import threading
@@ -18,16 +19,25 @@ import anyio.to_thread
 from resilience_kit.errors import (
     ConfigurationError,
     StoreError,
+    StoreSchemaError,
     StoreUnavailableError,
     StoreURLError,
 )
+from resilience_kit.stores.postgres._schema import MIGRATIONS, current_version
 
 if TYPE_CHECKING:
     import psycopg
     import psycopg_pool
     from psycopg import sql
 
-__all__ = ("Database", "check_schema", "import_psycopg", "mask_password", "seconds")
+__all__ = (
+    "Database",
+    "check_schema",
+    "import_psycopg",
+    "mask_password",
+    "require_asyncio",
+    "seconds",
+)
 
 T = TypeVar("T")
 
@@ -50,6 +60,25 @@ def import_psycopg() -> tuple[Any, Any]:
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise ImportError(f"PostgresStore needs psycopg 3 and psycopg_pool: {_EXTRA}") from exc
     return psycopg, psycopg_pool
+
+
+def require_asyncio(owner: str) -> None:
+    """Fail clearly when a `psycopg.AsyncConnection` is used off asyncio (on trio).
+
+    psycopg's async API is built on asyncio; the stores' own operations run its sync
+    API on worker threads, so only a caller's async connection is tied to asyncio.
+
+    Raises:
+        RuntimeError: no asyncio event loop runs in this thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{owner} with a psycopg.AsyncConnection runs on asyncio only (psycopg's async"
+            " API is built on asyncio), and this code runs on another event loop (trio?)."
+            " On trio, pass a sync psycopg.Connection (it is used from a worker thread)"
+        ) from None
 
 
 def mask_password(url: str) -> str:
@@ -88,6 +117,8 @@ class Database:
         max_size: connections the pool opens at most.
         timeout: seconds to wait for a connection (from the pool, or a new one).
         migrate: the schema migration, run on a direct connection.
+        auto_migrate: migrate on first use; without it, the first use checks the
+            schema (reading only) and raises `StoreSchemaError` when it is not current.
     """
 
     def __init__(
@@ -100,6 +131,7 @@ class Database:
         max_size: int,
         timeout: float,
         migrate: Callable[[psycopg.Connection[Any], str, str], None],
+        auto_migrate: bool = True,
     ) -> None:
         self.psycopg, self.psycopg_pool = import_psycopg()
         from psycopg import sql  # noqa: PLC0415
@@ -117,6 +149,7 @@ class Database:
         if not timeout > 0:
             raise ConfigurationError("timeout", f"must be > 0 seconds, got {timeout!r}")
         self._migrate = migrate
+        self.auto_migrate = auto_migrate
         self._timeout = float(timeout)
         self._ready = False
         self._ready_lock = threading.Lock()
@@ -210,7 +243,10 @@ class Database:
             return
         with self._ready_lock:
             if not self._ready:
-                self.migrate()
+                if self.auto_migrate:
+                    self.migrate()
+                else:
+                    self.verify_schema()
 
     async def aensure_schema(self) -> None:
         """`ensure_schema` without blocking the event loop."""
@@ -225,6 +261,36 @@ class Database:
             except self.psycopg.Error as exc:
                 raise self.error(exc) from None
         self._ready = True
+
+    def verify_schema(self) -> None:
+        """Make sure the schema is current, reading only: nothing is created.
+
+        Raises:
+            StoreSchemaError: the tables are missing, older or newer.
+            StoreUnavailableError: the server cannot be reached.
+        """
+        with self.connect() as connection:
+            try:
+                version = current_version(connection, self.schema)
+            except self.psycopg.Error as exc:
+                raise self.error(exc) from None
+        latest = len(MIGRATIONS)
+        if version == latest:
+            self._ready = True
+            return
+        if version > latest:
+            raise StoreSchemaError(
+                f"schema {self.schema!r} is at version {version}; this resilience-kit knows"
+                f" versions up to {latest}: upgrade resilience-patterns",
+                store=self.name,
+            )
+        found = "has no resilience-kit tables" if version == 0 else f"is at version {version}"
+        raise StoreSchemaError(
+            f"schema {self.schema!r} at {self.where} {found}, and {self.name} may not change"
+            f" it (auto_migrate=False); nothing was changed. Create or upgrade it with"
+            " 'resilience-kit migrate --store URL' or store.migrate()",
+            store=self.name,
+        )
 
     def _open(self) -> None:
         if not self._opened:

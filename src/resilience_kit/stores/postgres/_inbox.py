@@ -7,7 +7,7 @@ from uuid import UUID
 
 import anyio.to_thread
 
-from resilience_kit.stores.postgres._db import seconds
+from resilience_kit.stores.postgres._db import require_asyncio, seconds
 
 if TYPE_CHECKING:
     import psycopg
@@ -68,6 +68,7 @@ class PostgresInboxStore:
         if connection is None:
             return await self.record(consumer, event_id)
         if isinstance(connection, psycopg.AsyncConnection):
+            require_asyncio(f"{self!r}.amark")
             await self._db.aensure_schema()
             cursor = await connection.execute(self._mark, (consumer, event_id))
             return bool(cursor.rowcount == 1)

@@ -63,7 +63,7 @@ from resilience_kit.messaging._records import (
     OutboxMessage,
     OutboxStatus,
 )
-from resilience_kit.stores.postgres._db import seconds
+from resilience_kit.stores.postgres._db import require_asyncio, seconds
 from resilience_kit.stores.postgres._dead_letters import COLUMNS, letter_row
 
 if TYPE_CHECKING:
@@ -340,13 +340,19 @@ class PostgresOutboxStore:
     async def aadd(self, connection: Any, entries: Sequence[OutboxEntry]) -> None:
         """`add` with a `psycopg.AsyncConnection` (asyncio only), or ``None``.
 
-        With ``None`` the rows are written and committed in a transaction of the
+        The rows are written inside the caller's open transaction and appear when it
+        commits. With ``None`` they are written and committed in a transaction of the
         store's own. A synchronous `psycopg.Connection` is used from a worker thread.
+
+        Raises:
+            RuntimeError: an async connection used on trio.
+            TypeError: ``connection`` is not a psycopg connection.
         """
         if not entries:
             return
         psycopg = self._db.psycopg
         if isinstance(connection, psycopg.AsyncConnection):
+            require_asyncio(f"{self!r}.aadd")
             await self._db.aensure_schema()
             query, params = self._statement(entries)
             await connection.execute(query, params)

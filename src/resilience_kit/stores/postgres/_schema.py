@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from resilience_kit.errors import StoreError
+from resilience_kit.errors import StoreSchemaError
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ("MIGRATIONS", "migrate")
+__all__ = ("MIGRATIONS", "current_version", "migrate")
 
 # pg_advisory_xact_lock(class, hashtext(schema)): the class keeps our locks apart from
 # the application's own advisory locks ("rk" in ASCII).
@@ -107,11 +107,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
 """Statements per version: ``MIGRATIONS[0]`` is version 1. Append; never edit."""
 
 
+def current_version(connection: psycopg.Connection[Any], schema: str) -> int:
+    """The schema version recorded in ``schema`` (0 when nothing was created); reads only."""
+    from psycopg import sql  # noqa: PLC0415  (optional extra, imported on use)
+
+    row = connection.execute(
+        "SELECT to_regclass(%s) IS NULL", (f'"{schema}".rk_schema_version',)
+    ).fetchone()
+    if row is None or row[0]:
+        return 0
+    row = connection.execute(
+        sql.SQL("SELECT coalesce(max(version), 0) FROM {}.rk_schema_version").format(
+            sql.Identifier(schema)
+        )
+    ).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 def migrate(connection: psycopg.Connection[Any], schema: str, store: str) -> None:
     """Create or upgrade the tables in ``schema`` on ``connection`` (autocommit).
 
     Raises:
-        StoreError: the schema is newer than this library (``store`` names the store).
+        StoreSchemaError: the schema is newer than this library (``store`` names the store).
     """
     from psycopg import sql  # noqa: PLC0415  (optional extra, imported on use)
 
@@ -135,7 +152,7 @@ def migrate(connection: psycopg.Connection[Any], schema: str, store: str) -> Non
         ).fetchone()
         current = int(row[0]) if row is not None else 0
         if current > len(MIGRATIONS):
-            raise StoreError(
+            raise StoreSchemaError(
                 f"schema {schema!r} is at version {current}; this resilience-kit knows "
                 f"versions up to {len(MIGRATIONS)}: upgrade resilience-kit",
                 store=store,

@@ -61,20 +61,27 @@ class SQLiteStore:
     (a `DeadLetterStore`), ``inbox`` (an `InboxStore`) and ``idempotency`` (an
     `IdempotencyStore`). Their tables are prefixed ``rk_`` and can live in the
     application's own database. The library owns the schema: `migrate` creates or
-    upgrades it (the components also run it on first use). The database runs in WAL
+    upgrades it (the components also run it on first use, unless ``auto_migrate`` is
+    off). The database runs in WAL
     mode, so readers never wait for the writer; writers take turns, each waiting up to
     ``busy_timeout`` for the lock before `StoreUnavailableError` is raised.
 
     Leases, retry times and expiries are measured by the database's clock, which every
     process using the file shares. A corrupted row is never deleted: dead letters and
     idempotency records raise `CorruptRecordError` from ``get`` (``list`` skips and logs
-    them), and a corrupted outbox row is blocked and logged, so its key waits for an
-    operator (fix it, then ``requeue``) while the other keys flow.
+    them). An outbox row whose event cannot be decoded goes to the relay's
+    ``on_exhausted`` policy (dead letters by default); one whose other columns cannot be
+    read is blocked and logged, so its key waits for an operator (fix it, then
+    ``requeue``) while the other keys flow.
 
     Args:
         path: the database file (created if missing; its directory must exist).
         busy_timeout: seconds a statement waits for another connection's write lock.
         max_connections: connections the store's own operations use at most.
+        auto_migrate: create or upgrade the schema on first use. Off, the first use
+            checks it on a read-only connection instead, and a missing or outdated
+            schema raises `StoreSchemaError` without changing the file (how the
+            ``resilience-kit`` command opens a store).
 
     Raises:
         ConfigurationError: for a bad parameter, such as a path whose directory does
@@ -96,6 +103,7 @@ class SQLiteStore:
         *,
         busy_timeout: float = 5.0,
         max_connections: int = 4,
+        auto_migrate: bool = True,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise ConfigurationError("path", f"must be a str or a path, got {path!r}")
@@ -113,6 +121,7 @@ class SQLiteStore:
             busy_timeout=float(busy_timeout),
             max_connections=max_connections,
             label=repr(self),
+            auto_migrate=bool(auto_migrate),
         )
         self.outbox = SQLiteOutboxStore(self._db)
         self.dead_letters = SQLiteDeadLetterStore(self._db)
@@ -139,7 +148,7 @@ class SQLiteStore:
         ``rk_schema_version``; several processes may migrate at the same time.
 
         Raises:
-            StoreError: the database was migrated by a newer version of the library.
+            StoreSchemaError: the database was migrated by a newer version of the library.
             StoreUnavailableError: the database cannot be opened or stayed locked.
 
         Examples:

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -25,7 +26,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from resilience_kit.errors import StoreError, StoreUnavailableError
+from resilience_kit.errors import StoreError, StoreSchemaError, StoreUnavailableError
 from resilience_kit.stores.sqlite import _schema as _sqlite_schema
 
 __all__ = (
@@ -145,12 +146,23 @@ class Database:
             failing (SQLite retries by itself until then).
         max_connections: pooled connections at most; more concurrent operations wait.
         label: how errors name the store (its repr).
+        auto_migrate: create or upgrade the schema on first use; without it, the first
+            use checks the schema on a read-only connection and changes nothing.
     """
 
-    def __init__(self, path: str, *, busy_timeout: float, max_connections: int, label: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout: float,
+        max_connections: int,
+        label: str,
+        auto_migrate: bool = True,
+    ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self.label = label
+        self.auto_migrate = auto_migrate
         self.schema_ready = False
         self._max_connections = max_connections
         self._idle: list[sqlite3.Connection] = []
@@ -286,7 +298,7 @@ class Database:
         ``operation`` raises.
         """
         if not self.schema_ready:
-            self.migrate()
+            self.prepare()
         return self._transaction(operation, write=write)
 
     async def call(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
@@ -319,7 +331,7 @@ class Database:
         usual (up to busy_timeout). An idle relay's poll never waits on the application.
         """
         if not self.schema_ready:
-            self.migrate()
+            self.prepare()
         connection = self._acquire()
         try:
             with self.translate():
@@ -356,6 +368,51 @@ class Database:
             )
             self.schema_ready = True
 
+    def prepare(self) -> None:
+        """Before the first operation: migrate, or (without ``auto_migrate``) check."""
+        if self.auto_migrate:
+            self.migrate()
+        else:
+            self.check_schema()
+
+    def check_schema(self) -> None:
+        """Make sure the schema is current, on a read-only connection that changes nothing.
+
+        Not even the journal mode: a database that is not the stores' stays as it was,
+        byte for byte.
+
+        Raises:
+            StoreSchemaError: the schema is missing, older or newer.
+            StoreUnavailableError: the file cannot be opened.
+        """
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+        with self.translate():
+            connection = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout)
+            try:
+                version = _sqlite_schema.current_version(connection)
+            finally:
+                connection.close()
+        if version == _sqlite_schema.LATEST:
+            self.schema_ready = True
+            return
+        if version == 0:
+            problem = "has no resilience-kit tables (no rk_schema_version)"
+        elif version < _sqlite_schema.LATEST:
+            problem = f"has the schema at version {version}, older than {_sqlite_schema.LATEST}"
+        else:
+            raise StoreSchemaError(
+                f"the database {self.path!r} has the schema at version {version}, newer than"
+                f" this resilience-kit knows ({_sqlite_schema.LATEST}): upgrade"
+                " resilience-patterns",
+                store=self.label,
+            )
+        raise StoreSchemaError(
+            f"the database {self.path!r} {problem}, and {self.label} may not change it"
+            f" (auto_migrate=False); nothing was changed. Create or upgrade the schema with"
+            f" 'resilience-kit migrate --store URL' or {self.label}.migrate()",
+            store=self.label,
+        )
+
     def check_caller_schema(self, connection: sqlite3.Connection) -> None:
         """Before the first write on a caller's connection: make sure the tables exist.
 
@@ -368,12 +425,12 @@ class Database:
         """
         check_connection(connection)
         if not connection.in_transaction:
-            self.migrate()
+            self.prepare()
             return
         with self.translate():
             version = _sqlite_schema.current_version(connection)
         if version != _sqlite_schema.LATEST:
-            raise StoreError(
+            raise StoreSchemaError(
                 f"the schema of {self.path!r} is at version {version}, not"
                 f" {_sqlite_schema.LATEST}: call {self.label}.migrate() at start-up (it"
                 " cannot run inside the caller's transaction)",

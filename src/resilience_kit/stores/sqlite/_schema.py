@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from resilience_kit.errors import StoreError
+from resilience_kit.errors import StoreSchemaError
 
 __all__ = ("LATEST", "MIGRATIONS", "current_version", "migrate")
 
@@ -126,12 +126,12 @@ def migrate(connection: sqlite3.Connection, *, label: str) -> None:
     """Apply the missing migrations inside the caller's (immediate) transaction.
 
     Raises:
-        StoreError: the database was migrated by a newer version of the library.
+        StoreSchemaError: the database was migrated by a newer version of the library.
     """
     connection.execute(_VERSION_TABLE)
     version = current_version(connection)
     if version > LATEST:
-        raise StoreError(
+        raise StoreSchemaError(
             f"the database schema is at version {version}, newer than this version of"
             f" resilience-kit knows ({LATEST}): upgrade resilience-patterns",
             store=label,
