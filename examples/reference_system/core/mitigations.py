@@ -14,6 +14,16 @@ KNOWN: dict[str, str] = {
     "fail-closed": "the gateway lets locally valid tokens through when the validator is down",
     "multi-version": "a deploy replaces the signing key at once instead of the four-step rotation",
     "retries": "database and HTTP calls are tried once",
+    "inbox": "consumers do not de-duplicate events by id (a redelivered event is handled again)",
+    "idempotency-key": (
+        "e-mails go to the mail server without an Idempotency-Key (a re-send after a lost "
+        "acknowledgement is delivered again)"
+    ),
+    "dead-lettering": "a consumer retries a failing message forever instead of dead-lettering it",
+    "in-app-fallback": "no in-app notification when an e-mail cannot be sent",
+    "queue-persistence": (
+        "an e-mail that cannot be sent is given up on instead of kept for after the outage"
+    ),
 }
 
 
