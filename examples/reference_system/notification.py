@@ -362,13 +362,14 @@ class Notification(Service):
         while True:
             wake = self._wake = anyio.Event()
             now = clock.monotonic()
-            due, next_due = await self.transaction(lambda connection: _due(connection, now))
+            # On hold, only e-mails whose user has not been told in the app yet matter.
+            untold = now < self._hold_until
+            due, next_due = await self.transaction(lambda c: _due(c, now, untold_only=untold))
             tried = False
             for row in due:
                 if clock.monotonic() < self._hold_until:
                     # Mail is down: no call at all, but the user hears of it in the app.
-                    if not row.in_app:
-                        await self.fall_back(row)
+                    await self.hold(row)
                     continue
                 tried = True
                 await self.deliver(row)
@@ -409,10 +410,7 @@ class Notification(Service):
             self._holding = True
             self._hold_until = self.ctx.clock.monotonic() + (outcome.retry_after or HOLD)
             self.ctx.observe("mail held: e-mails queued")
-            if not row.in_app:
-                await self.fall_back(row)
-            if not self.queue_persistence:
-                await self._finish(row, "dropped")
+            await self.hold(row)
             return
         await self._finish(row, "sent")
         if self._holding:  # mail is back: what was held goes now, in order
@@ -439,6 +437,13 @@ class Notification(Service):
         if response.headers.get("idempotency-replayed") == "true":
             self.ctx.observe("idempotency key: a lost acknowledgement answered from the record")
         return str(response.json().get("id", ""))
+
+    async def hold(self, row: Pending) -> None:
+        """An e-mail that cannot go now: tell the user in the app; keep it for later."""
+        if not row.in_app:
+            await self.fall_back(row)
+        if not self.queue_persistence:
+            await self._finish(row, "dropped")
 
     async def fall_back(self, row: Pending) -> None:
         """The in-app notification for an e-mail that cannot go now (once per e-mail)."""
@@ -527,13 +532,17 @@ class Notification(Service):
         ]
 
 
-def _due(connection: sqlite3.Connection, now: float) -> tuple[list[Pending], float | None]:
-    """The pending e-mails due by ``now`` (oldest first), and when the next one is due."""
+def _due(
+    connection: sqlite3.Connection, now: float, *, untold_only: bool
+) -> tuple[list[Pending], float | None]:
+    """The pending e-mails due by ``now`` (oldest first; only those without an in-app
+    notification when ``untold_only``), and when the next one is due."""
+    untold = " AND i.key IS NULL" if untold_only else ""
     rows = connection.execute(
         "SELECT e.key, e.user_id, c.email, e.tag, e.subject, e.text, i.key IS NOT NULL "
         "FROM emails e LEFT JOIN contacts c ON c.user_id = e.user_id "
         "LEFT JOIN in_app i ON i.key = e.key "
-        "WHERE e.status = 'pending' AND e.due <= ? ORDER BY e.created LIMIT 50",
+        f"WHERE e.status = 'pending' AND e.due <= ?{untold} ORDER BY e.created LIMIT 50",
         (now,),
     ).fetchall()
     later = connection.execute(
