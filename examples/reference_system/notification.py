@@ -50,6 +50,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -364,7 +365,7 @@ class Notification(Service):
             now = clock.monotonic()
             # On hold, only e-mails whose user has not been told in the app yet matter.
             untold = now < self._hold_until
-            due, next_due = await self.transaction(lambda c: _due(c, now, untold_only=untold))
+            due, next_due = await self.transaction(partial(_due, now=now, untold_only=untold))
             tried = False
             for row in due:
                 if clock.monotonic() < self._hold_until:
@@ -533,7 +534,7 @@ class Notification(Service):
 
 
 def _due(
-    connection: sqlite3.Connection, now: float, *, untold_only: bool
+    connection: sqlite3.Connection, *, now: float, untold_only: bool
 ) -> tuple[list[Pending], float | None]:
     """The pending e-mails due by ``now`` (oldest first; only those without an in-app
     notification when ``untold_only``), and when the next one is due."""
@@ -548,4 +549,16 @@ def _due(
     later = connection.execute(
         "SELECT min(due) FROM emails WHERE status = 'pending' AND due > ?", (now,)
     ).fetchone()[0]
-    return [Pending(*row[:6], in_app=bool(row[6])) for row in rows], later
+    pending = [
+        Pending(
+            key=key,
+            user_id=user_id,
+            address=address,
+            tag=tag,
+            subject=subject,
+            text=text,
+            in_app=bool(told),
+        )
+        for key, user_id, address, tag, subject, text, told in rows
+    ]
+    return pending, later

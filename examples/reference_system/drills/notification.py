@@ -310,9 +310,7 @@ async def poison_message(system: System) -> DrillResult:
         json={"role": "owner", "wording": "the owner"},
     )
     source = "consumer:notification.organization"
-    replay = await operator(
-        system, "dead-letters", "replay", "--to", "outbox", "--source", source
-    )
+    replay = await operator(system, "dead-letters", "replay", "--to", "outbox", "--source", source)
     replayed_at = system.now()
     await drain(deployment, within=120.0)
     remaining = await dead_letters(system)
