@@ -464,7 +464,7 @@ async def email_down(system: System) -> DrillResult:
         f"{len(smooth)} of {len(before)} events before the outage e-mailed at once without "
         f"fallback, through {len(blips)} blips",
     )
-    calls = system.network.calls_to("mail", fault_at, fault_end)
+    calls = result.dependency_calls = system.network.calls_to("mail", fault_at, fault_end)
     bound = 10 + (math.ceil(OUTAGE / MAIL_OPEN_FOR) + 1) * 2
     result.check(
         "calls to the down mail server bounded by the breaker",
