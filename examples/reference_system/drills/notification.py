@@ -290,6 +290,7 @@ async def poison_message(system: System) -> DrillResult:
     await system.sleep(30.0)
 
     letters = await dead_letters(system)
+    system.observe(f"dead letters: {len(letters)} listed by resilience-kit")
     emails = delivered(system, "email")
     late = [
         n
@@ -311,6 +312,7 @@ async def poison_message(system: System) -> DrillResult:
     )
     source = "consumer:notification.organization"
     replay = await operator(system, "dead-letters", "replay", "--to", "outbox", "--source", source)
+    system.observe(f"dead letters: {len(replay['replayed'])} replayed by resilience-kit")
     replayed_at = system.now()
     await drain(deployment, within=120.0)
     remaining = await dead_letters(system)
