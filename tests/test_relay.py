@@ -189,6 +189,30 @@ async def test_run_waits_for_new_rows_and_stops_cleanly(store: MemoryStore) -> N
     assert clock.monotonic() == 0.0  # woken by the adds, never by polling
 
 
+async def test_rows_added_by_another_process_are_found_after_a_poll_of_virtual_time(
+    tmp_path: Any,
+) -> None:
+    from resilience_kit.stores.sqlite import SQLiteStore  # noqa: PLC0415
+
+    clock = VirtualClock(auto_advance=False)
+    publisher = RecordingPublisher()
+    path = tmp_path / "app.db"
+    with SQLiteStore(path) as mine, SQLiteStore(path) as theirs:
+        mine.migrate()
+        outbox_relay = OutboxRelay(mine.outbox, publisher, poll_interval=30.0, clock=clock)
+        async with clock.autojump(), anyio.create_task_group() as group:
+            await group.start(outbox_relay.run)
+            await clock.asleep(1.0)  # the relay is idle, waiting for rows
+            # Another process's commit wakes nothing here: only the next poll finds it.
+            await Outbox(theirs.outbox, topic="t").publish("t", event("a", 1))
+            with anyio.fail_after(5):  # real seconds: SQLite's own wait is 30 of them
+                while not publisher.published:
+                    await clock.asleep(1.0)
+            group.cancel_scope.cancel()
+    assert publisher.keys() == {"a": [1]}
+    assert 30.0 <= clock.monotonic() <= 33.0
+
+
 async def test_run_survives_a_failing_store(
     store: MemoryStore, clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:

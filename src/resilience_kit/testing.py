@@ -66,6 +66,8 @@ _THREAD_POLL = 0.0001
 # How long autojump lets asyncio's wait_all_tasks_blocked look, in real time, before it
 # looks again itself.
 _BLOCKED_POLL = 0.001
+# Checkpoints autojump yields before asking whether every task is blocked (see there).
+_CHAIN_CHECKPOINTS = 32
 
 
 class _Timer:
@@ -261,9 +263,10 @@ class VirtualClock:
     async def _jump_when_idle(self, idle_poll: float) -> None:
         threads = anyio.to_thread.current_default_thread_limiter()
         while True:
-            # A few checkpoints first let chains of wake-ups run to their end; asyncio's
+            # Checkpoints first let chains of wake-ups run to their end; asyncio's
             # wait_all_tasks_blocked pays a real 0.1 s pause whenever it sees a runnable task.
-            for _ in range(4):
+            # A consumer handing a message to a worker thread takes more than a few.
+            for _ in range(_CHAIN_CHECKPOINTS):
                 await anyio.lowlevel.checkpoint()
             # Threads first: a task whose thread has just finished is runnable, and asking
             # wait_all_tasks_blocked then would cost its real 0.1 s pause on asyncio.

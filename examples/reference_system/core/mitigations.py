@@ -20,6 +20,16 @@ KNOWN: dict[str, str] = {
     "retention": "Audit never deletes rows from its hot storage (archives still written)",
     "archival": "Audit's retention deletes rows without archiving them to cold storage",
     "alerting": "Audit reports no health checks on its writer and lag: no alert fires",
+    "inbox": "consumers do not de-duplicate events by id (a redelivered event is handled again)",
+    "idempotency-key": (
+        "e-mails go to the mail server without an Idempotency-Key (a re-send after a lost "
+        "acknowledgement is delivered again)"
+    ),
+    "dead-lettering": "a consumer retries a failing message forever instead of dead-lettering it",
+    "in-app-fallback": "no in-app notification when an e-mail cannot be sent",
+    "queue-persistence": (
+        "an e-mail that cannot be sent is given up on instead of kept for after the outage"
+    ),
 }
 
 

@@ -7,6 +7,8 @@ A request to ``http://identity/login`` goes to one replica of the Identity servi
 - ``down``: the connection is refused (`httpx.ConnectError`), at once;
 - ``hang``: the request waits until the fault is cleared, or the caller gives up;
 - ``latency``: the request is delayed by ``seconds`` on the virtual clock;
+- ``drop``: the request is served, but its response is lost on the way back
+  (`httpx.ReadError`): the caller cannot tell whether it happened;
 - ``partition``: ``down`` between two groups of hosts, both ways.
 
 Every request that reaches the routing layer is recorded in `Network.calls` — the
@@ -27,7 +29,7 @@ import httpx
 
 from resilience_kit.testing import VirtualClock
 
-FaultKind = Literal["down", "hang", "latency"]
+FaultKind = Literal["down", "hang", "latency", "drop"]
 
 
 @dataclass(frozen=True)
@@ -171,9 +173,14 @@ class Network:
             if fault.kind == "hang":
                 await fault.cleared.wait()
                 raise httpx.ReadError(f"{host} reset the connection", request=request)
-            await self.clock.asleep(fault.seconds)
+            if fault.kind == "latency":
+                await self.clock.asleep(fault.seconds)
         transport = httpx.ASGITransport(app=self._apps[host])
-        return await transport.handle_async_request(request)
+        response = await transport.handle_async_request(request)
+        if fault is not None and fault.kind == "drop":
+            await response.aread()  # served in full: only the answer never arrives
+            raise httpx.ReadError(f"{host} dropped the connection", request=request)
+        return response
 
 
 def _names(value: str | Iterable[str] | None) -> frozenset[str] | None:

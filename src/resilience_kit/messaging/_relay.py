@@ -494,7 +494,25 @@ class OutboxRelay:
                 await clock.asleep(pause)
                 continue
             if report.claimed < self.batch_size:
-                await self.store.wait_for_rows(self.poll_interval)
+                await self._wait_for_rows(clock)
+
+    async def _wait_for_rows(self, clock: Clock) -> None:
+        """Wait for the store's hint of new rows, at most ``poll_interval`` on our clock.
+
+        A store may wait in real time (SQLite's hint is a thread waiting for a commit):
+        on a virtual clock, the poll must still come after ``poll_interval`` of *its*
+        time, or rows from another process would wait for real seconds.
+        """
+        async with anyio.create_task_group() as group:
+
+            async def poll() -> None:
+                await clock.asleep(self.poll_interval)
+                group.cancel_scope.cancel()
+
+            group.start_soon(poll)
+            # Awaited here, not in a task: it starts listening before anything can run.
+            await self.store.wait_for_rows(self.poll_interval)
+            group.cancel_scope.cancel()
 
 
 def _describe(error: BaseException) -> str:
