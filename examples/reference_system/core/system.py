@@ -13,12 +13,12 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 
-from resilience_kit.messaging import OutboxRelay
+from resilience_kit.messaging import OutboxRelay, Publisher
 from resilience_kit.stores.sqlite import SQLiteStore
 from resilience_kit.testing import VirtualClock
 from resilience_kit.transports import MemoryBus
@@ -53,6 +53,10 @@ class System:
         self.stores: dict[str, SQLiteStore] = {}
         self.relays: dict[str, OutboxRelay] = {}
         self.services: dict[str, list[Service]] = {}
+        # Set while `running`: what a drill adds then starts at once (relay, consumers).
+        self._group: anyio.abc.TaskGroup | None = None
+        self._started: set[str] = set()
+        self._relay_options: dict[str, dict[str, Any]] = {}
 
     @property
     def workdir(self) -> Path:
@@ -84,14 +88,25 @@ class System:
             store.migrate()
             self.stores[service] = store
             # Idle relays wake on commits through this store object; the poll is a backstop.
+            options: dict[str, Any] = {"poll_interval": 30.0, "publisher": self.bus}
+            options.update(self._relay_options.get(service, {}))
+            publisher = options.pop("publisher")
             self.relays[service] = OutboxRelay(
-                store.outbox,
-                self.bus,
-                name=f"{service}.relay",
-                poll_interval=30.0,
-                clock=self.clock,
+                store.outbox, publisher, name=f"{service}.relay", clock=self.clock, **options
             )
         return self.stores[service]
+
+    def relay_for(
+        self, service: str, *, publisher: Publisher | None = None, **options: Any
+    ) -> None:
+        """Set how ``service``'s relay publishes (through a faulty ``publisher``, with
+        another backoff...): `OutboxRelay` options; call it before the service is added."""
+        if service in self.stores:
+            raise RuntimeError(f"relay_for({service!r}) must come before the service is added")
+        self._relay_options[service] = {
+            **options,
+            **({} if publisher is None else {"publisher": publisher}),
+        }
 
     def add(
         self, service: str, factory: Callable[[ServiceContext], S], replicas: int = 1
@@ -118,6 +133,11 @@ class System:
             assert self.network.add(service, replica.app) == host
             self.services[service].append(replica)
             created.append(replica)
+            if self._group is not None:  # added while running: start it now
+                self._group.start_soon(replica.run)
+        if self._group is not None and service not in self._started:
+            self._started.add(service)
+            self._group.start_soon(self.relays[service].run)
         return created
 
     def workload(self, *, deadline: float = 30.0) -> Workload:
@@ -171,15 +191,18 @@ class System:
             stack.push_async_callback(self.network.aclose)
             group = await stack.enter_async_context(anyio.create_task_group())
             await stack.enter_async_context(self.clock.autojump())
-            for relay in self.relays.values():
+            for service, relay in self.relays.items():
+                self._started.add(service)
                 await group.start(relay.run)
             for replicas in self.services.values():
                 for replica in replicas:
                     await group.start(replica.run)
             await group.start(self.monitor)
+            self._group = group
             try:
                 yield self
             finally:
+                self._group = None
                 group.cancel_scope.cancel()
 
     def _close_stores(self) -> None:
