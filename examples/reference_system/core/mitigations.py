@@ -14,6 +14,22 @@ KNOWN: dict[str, str] = {
     "fail-closed": "the gateway lets locally valid tokens through when the validator is down",
     "multi-version": "a deploy replaces the signing key at once instead of the four-step rotation",
     "retries": "database and HTTP calls are tried once",
+    "redelivery": "a consumer whose handler fails gives the event up at once (dead letters) "
+    "instead of retrying it with backoff",
+    "reconciliation": "Organization has no admin reconciliation endpoint: a lost event is "
+    "never repaired",
+    "idempotent-processing": "consumers apply every delivery: no inbox, no check of the "
+    "current state (a redelivered or re-published event acts twice)",
+    "soft-delete": "deleting an org purges it at once: no grace period for dependents still "
+    "processing",
+    "compensation": "a purge step that fails leaves the steps before it in place: the org "
+    "stays half-purged and the purge is never retried",
+    "outbox": "Organization publishes events straight to the bus after its commit: what the "
+    "bus refuses is lost",
+    "backoff": "the relay retries a failed publish every 0.5 s instead of backing off "
+    "exponentially",
+    "dead-lettering": "the relay holds events it gave up on in the outbox (blocked) instead "
+    "of dead letters: the dead-letter replay finds nothing",
 }
 
 

@@ -84,7 +84,7 @@ class System:
     def store(self, service: str) -> SQLiteStore:
         """The service's own database (one SQLite file, shared by its replicas)."""
         if service not in self.stores:
-            store = SQLiteStore(self.workdir / f"{service}.db")
+            store = SQLiteStore(self.workdir / f"{service}.db", clock=self.clock)
             store.migrate()
             self.stores[service] = store
             # Idle relays wake on commits through this store object; the poll is a backstop.

@@ -5,3 +5,4 @@ To add a drill module, create ``drills/<service>.py`` with functions decorated b
 """
 
 from . import identity as identity
+from . import organization as organization

@@ -25,6 +25,7 @@ from types import TracebackType
 import anyio.to_thread
 
 from resilience_kit._checks import check_int, check_positive
+from resilience_kit.clock import Clock
 from resilience_kit.errors import ConfigurationError, StoreError, StoreUnavailableError
 from resilience_kit.stores.sqlite._database import Database
 from resilience_kit.stores.sqlite._dead_letters import SQLiteDeadLetterStore
@@ -75,6 +76,10 @@ class SQLiteStore:
         path: the database file (created if missing; its directory must exist).
         busy_timeout: seconds a statement waits for another connection's write lock.
         max_connections: connections the store's own operations use at most.
+        clock: where the store reads "now" for leases, retry times and expiries
+            (default: the database's clock). Pass a test's `VirtualClock` so that a
+            relay's backoff and leases run in virtual time; in production every
+            process using the file must read the same clock, so leave it out.
 
     Raises:
         ConfigurationError: for a bad parameter, such as a path whose directory does
@@ -96,6 +101,7 @@ class SQLiteStore:
         *,
         busy_timeout: float = 5.0,
         max_connections: int = 4,
+        clock: Clock | None = None,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise ConfigurationError("path", f"must be a str or a path, got {path!r}")
@@ -103,6 +109,8 @@ class SQLiteStore:
         _check_path(self._path)
         check_positive("busy_timeout", busy_timeout, allow_zero=True)
         check_int("max_connections", max_connections, minimum=1)
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigurationError("clock", f"must be a Clock or None, got {clock!r}")
         if sqlite3.sqlite_version_info < _MINIMUM_VERSION:
             raise StoreError(
                 f"SQLite {sqlite3.sqlite_version} is too old: SQLiteStore needs 3.24 or newer",
@@ -113,6 +121,7 @@ class SQLiteStore:
             busy_timeout=float(busy_timeout),
             max_connections=max_connections,
             label=repr(self),
+            clock=clock,
         )
         self.outbox = SQLiteOutboxStore(self._db)
         self.dead_letters = SQLiteDeadLetterStore(self._db)
