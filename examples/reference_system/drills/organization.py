@@ -361,7 +361,7 @@ def rows(system: System, service: str, query: str, *args: Any) -> list[tuple[Any
 CONVERGE_WITHIN = 60.0
 # Organization's relay looks for due retries this often (the platform's default, 30 s,
 # is a backstop for relays that are woken by commits).
-RELAY_POLL = 2.0
+RELAY_POLL = 5.0
 
 
 @drill(
@@ -436,13 +436,13 @@ async def membership_propagation(system: System) -> DrillResult:
     start = system.now()
     added_at: dict[tuple[str, str], float] = {}
     removed_at: dict[tuple[str, str], float] = {}
-    reconcile_at = start + 420.0
-    finish = start + 540.0
+    reconcile_at = start + 330.0
+    finish = start + 420.0
 
     async def organizer(org: str) -> None:
         members = [m for m in plan if m[0] == org]
         for member in members:
-            await system.sleep(rand.uniform(5.0, 40.0))
+            await system.sleep(rand.uniform(5.0, 30.0))
             if rand.random() < 0.3:  # an ack lost: the relay publishes the event twice
                 system.bus.fail_next_publish(1, ConnectionError("ack lost"), stored=True)
             record = await workload.request(
@@ -455,7 +455,7 @@ async def membership_propagation(system: System) -> DrillResult:
             if record.status == 201:
                 added_at[member] = record.finished
         for member in [m for m in members if m in removed]:
-            await system.sleep(rand.uniform(10.0, 60.0))
+            await system.sleep(rand.uniform(10.0, 40.0))
             record = await workload.request(
                 "admin",
                 "remove-member",
@@ -469,7 +469,7 @@ async def membership_propagation(system: System) -> DrillResult:
         served = 0
         while system.now() < finish:
             # Slower once in: the first access is what converging is measured by.
-            await system.sleep(rand.uniform(5.0, 15.0) if not served else rand.uniform(30.0, 60.0))
+            await system.sleep(rand.uniform(5.0, 15.0) if not served else rand.uniform(60.0, 120.0))
             if (org, user) not in added_at or system.now() >= finish:
                 continue
             record = await workload.request(
@@ -498,7 +498,7 @@ async def membership_propagation(system: System) -> DrillResult:
             )
 
     async def operator() -> None:
-        await system.sleep_until(start + 300.0)
+        await system.sleep_until(start + 240.0)
         user = rand.choice(users)  # a member tries the admin endpoint: refused
         await workload.request(
             user,
