@@ -617,3 +617,215 @@ def judge_membership(
         f"{result.duplicate_effects} duplicates",
     )
     return result
+
+
+# -- 5. org deleted while dependents are still processing ----------------------------------
+
+GRACE = 120.0
+BILLING_DOWN_FOR = 90.0
+
+
+@drill(
+    name="organization-org-deletion",
+    number=5,
+    service="Organization",
+    scenario="Org deleted while dependent services are still processing",
+    fault=(
+        "3 of 5 orgs deleted while Workflow still has jobs in flight for them; Billing down "
+        "when their purge starts; Workflow's purge handler fails twice"
+    ),
+    mitigations=("soft-delete", "compensation"),
+    criterion=(
+        "after the grace period 0 orphaned rows in every service; nothing created for the "
+        "org after the deletion was accepted; a failing dependent step is compensated and "
+        "retried; per-key order kept"
+    ),
+    page="organization-org-deletion.md",
+)
+async def org_deletion(system: System) -> DrillResult:
+    rand = system.rand
+    system.relay_for("organization", poll_interval=RELAY_POLL)
+    system.add("organization", lambda ctx: Organization(ctx, grace_period=GRACE))
+    system.add("billing", StandInBilling)
+    workflow = system.add(
+        "workflow", lambda ctx: StandInWorkflow(ctx, authorize="ask", processing=(5.0, 40.0))
+    )[0]
+    workflow.flaky = lambda event: event.type == "organization.org_purged"
+    observer = Observer(system)
+    workload = system.workload()
+    orgs = [f"org-{n}" for n in range(5)]
+    doomed = sorted(rand.sample(orgs, 3))
+    members = {org: [f"{org}-user-{n}" for n in range(3)] for org in orgs}
+    for org in orgs:
+        await workload.request(
+            "admin",
+            "create-org",
+            "POST",
+            "http://organization/orgs",
+            json={"org_id": org, "owner_id": f"owner-{org}", "name": org.title()},
+        )
+        await workload.request(
+            "admin",
+            "subscribe",
+            "POST",
+            f"http://billing/orgs/{org}/subscription",
+            json={"plan": "pro"},
+        )
+        for user in members[org]:
+            await workload.request(
+                "admin",
+                "add-member",
+                "POST",
+                f"http://organization/orgs/{org}/members",
+                json={"user_id": user, "role": "member"},
+                tags={"org": org},
+            )
+    start = system.now()
+    deleted_at: dict[str, float] = {}
+    finish = start + 480.0
+    first_purge = start + 60.0 + GRACE
+
+    async def creator(org: str, user: str) -> None:
+        while system.now() < finish:
+            await system.sleep(rand.uniform(8.0, 25.0))
+            if system.now() >= finish:
+                return
+            await workload.request(
+                user,
+                "create",
+                "POST",
+                f"http://workflow/orgs/{org}/resources",
+                json={"resource_id": f"r-{rand.getrandbits(32):08x}", "user_id": user},
+                tags={"org": org},
+            )
+
+    async def owner(org: str) -> None:
+        await system.sleep(rand.uniform(60.0, 120.0))
+        record = await workload.request(
+            "admin", "delete-org", "DELETE", f"http://organization/orgs/{org}", tags={"org": org}
+        )
+        if record.status == 202:
+            deleted_at[org] = record.finished
+        await system.sleep(rand.uniform(1.0, 30.0))  # a late invitation: refused
+        await workload.request(
+            "admin",
+            "add-member",
+            "POST",
+            f"http://organization/orgs/{org}/members",
+            json={"user_id": f"{org}-late", "role": "member"},
+            tags={"org": org},
+        )
+
+    async def chaos() -> None:
+        await system.sleep_until(first_purge - 5.0)
+        fault = system.network.inject("down", "billing")
+        await system.sleep(BILLING_DOWN_FOR)
+        system.network.clear(fault)
+
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(observer.run)
+        async with anyio.create_task_group() as group:
+            group.start_soon(chaos)
+            for org in orgs:
+                for user in members[org]:
+                    group.start_soon(creator, org, user)
+            for org in doomed:
+                group.start_soon(owner, org)
+        outer.cancel_scope.cancel()
+    return judge_deletion(system, start, orgs, doomed, deleted_at, first_purge - 5.0, observer)
+
+
+def judge_deletion(
+    system: System,
+    start: float,
+    orgs: list[str],
+    doomed: list[str],
+    deleted_at: dict[str, float],
+    billing_down_at: float,
+    observer: Observer,
+) -> DrillResult:
+    result = DrillResult()
+    writes = system.log.where(
+        lambda r: r.operation in ("create", "add-member") and r.started >= start
+    )
+    fill_counts(result, writes)
+    kept = [org for org in orgs if org not in doomed]
+    orphans: dict[str, int] = {}
+    for service, query in (
+        ("workflow", "SELECT count(*) FROM resources WHERE org_id = ?"),
+        ("workflow", "SELECT count(*) FROM members WHERE org_id = ?"),
+        ("billing", "SELECT count(*) FROM subscriptions WHERE org_id = ?"),
+        ("organization", "SELECT count(*) FROM members WHERE org_id = ?"),
+    ):
+        for org in doomed:
+            orphans[service] = orphans.get(service, 0) + rows(system, service, query, org)[0][0]
+    kept_rows = sum(
+        rows(system, "workflow", "SELECT count(*) FROM resources WHERE org_id = ?", org)[0][0]
+        for org in kept
+    )
+    after_deletion = [
+        r
+        for r in writes
+        if r.tags.get("org") in deleted_at
+        and r.started >= deleted_at[str(r.tags["org"])]
+        and r.outcome in ("served", "degraded")
+    ]
+    result.wrongly_allowed = len(after_deletion)
+    purged_at: dict[str, float] = {
+        e.payload["org_id"]: at for at, e in observer.deliveries if e.type.endswith("org_purged")
+    }
+    cancels = [c for c in system.network.calls if c.service == "billing" and "/cancel" in c.path]
+    met_fault = {c.path.split("/")[2] for c in cancels if c.fault is not None}
+    first_cancel = {}
+    for call in cancels:
+        if call.fault is None:
+            first_cancel.setdefault(call.path.split("/")[2], call.at)
+    half_purged = [org for org in purged_at if org not in first_cancel]
+    out_of_order = []
+    for org in doomed:
+        types = [e.type.removeprefix("organization.") for e in observer.of(org)]
+        deleted = types.index("org_deleted") if "org_deleted" in types else None
+        if (
+            deleted is None
+            or "org_purged" not in types
+            or types.index("org_purged") < deleted
+            or types[-1] != "org_purged"
+            or "member_added" in types[deleted:]
+        ):
+            out_of_order.append((org, types))
+    result.events_lost = sum(1 for org in doomed if org not in purged_at)
+    result.duplicate_effects = system.sink.duplicates("row")
+    result.dependency_calls = sum(1 for c in cancels if c.at >= billing_down_at)
+    last_purge = max(purged_at.values(), default=None)
+    result.time_to_recover = (
+        None
+        if last_purge is None or len(purged_at) < len(doomed)
+        else last_purge - (billing_down_at + BILLING_DOWN_FOR)
+    )
+    total = sum(orphans.values())
+    result.check(
+        "0 orphaned rows after the grace period",
+        total == 0 and kept_rows > 0,
+        f"{total} rows of deleted orgs left ("
+        + ", ".join(f"{service} {count}" for service, count in orphans.items())
+        + f"); {kept_rows} rows of kept orgs untouched",
+    )
+    result.check(
+        "nothing created for the org after the deletion was accepted",
+        not after_deletion,
+        f"{len(after_deletion)} writes for deleted orgs accepted after their deletion",
+    )
+    result.check(
+        "a failing dependent step is compensated and retried",
+        bool(met_fault) and len(purged_at) == len(doomed) and not half_purged,
+        f"{len(met_fault)} purges met Billing down; "
+        f"{len(purged_at)} of {len(doomed)} purges completed, "
+        f"{len(half_purged)} announced before Billing cancelled",
+    )
+    result.check(
+        "per-key order kept",
+        not out_of_order,
+        f"{len(doomed) - len(out_of_order)} of {len(doomed)} deleted orgs: created, members, "
+        "deleted, purged, in that order",
+    )
+    return result
