@@ -14,6 +14,9 @@ dependents' tables read at the end.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
@@ -33,8 +36,9 @@ from reference_system.core.system import System
 from reference_system.drills.identity import deploy, login
 from reference_system.organization import TOPIC, Organization
 from resilience_kit import Backoff, CircuitBreaker, CircuitOpenError, Pipeline, RetryPolicy, Timeout
+from resilience_kit.cli import main as resilience_kit_cli
 from resilience_kit.messaging import DeadLetterFilter, Event, Inbox, ResilientConsumer
-from resilience_kit.testing import ChaosPublisher, ChaosResult
+from resilience_kit.testing import ChaosFault, ChaosPublisher, ChaosResult
 
 T = TypeVar("T")
 
@@ -827,5 +831,224 @@ def judge_deletion(
         not out_of_order,
         f"{len(doomed) - len(out_of_order)} of {len(doomed)} deleted orgs: created, members, "
         "deleted, purged, in that order",
+    )
+    return result
+
+
+# -- 6. publishing fails ---------------------------------------------------------------------
+
+OUTAGE = 45.0
+PARTITION_FOR = 480.0
+MAX_ATTEMPTS = 8
+# 2 s, doubling to 30 s, "equal" jitter (each delay at least half its step): the 8th
+# attempt comes at least 60 s after the first, so a 45 s outage costs no event.
+RELAY_BACKOFF = Backoff.exponential(initial=2.0, maximum=30.0, jitter="equal")
+
+
+def replay_dead_letters(path: str) -> dict[str, Any]:
+    """The operator's command: ``resilience-kit dead-letters replay --to outbox``."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = resilience_kit_cli(
+            ["dead-letters", "replay", "--store", f"sqlite:///{path}", "--to", "outbox", "--json"]
+        )
+    document: dict[str, Any] = json.loads(out.getvalue() or "{}")
+    document["exit_code"] = code
+    return document
+
+
+@drill(
+    name="organization-event-publishing",
+    number=6,
+    service="Organization",
+    scenario="Event publishing fails (bus down)",
+    fault=(
+        "the bus refuses every publish for 45 s, and one org's partition refuses its "
+        "events for 8 minutes"
+    ),
+    mitigations=("outbox", "backoff", "dead-lettering"),
+    criterion=(
+        "0 events lost, all delivered in per-key order after recovery with exponential "
+        "backoff; events that fail N times sit in dead letters and are replayed once "
+        "from the CLI"
+    ),
+    page="organization-event-publishing.md",
+)
+async def event_publishing(system: System) -> DrillResult:
+    rand = system.rand
+    mitigations = system.mitigations
+    outage = ChaosFault(ConnectionError("bus down"), enabled=False, name="bus.outage")
+    partition = ChaosFault(
+        ConnectionError("partition offline"), enabled=False, name="bus.partition"
+    )
+    orgs = [f"org-{n}" for n in range(5)]
+    poisoned = rand.choice(orgs)
+    refusing = ChaosPublisher(
+        system.bus, partition, where=lambda topic, event: event.key == f"org:{poisoned}"
+    )
+    bus = ChaosPublisher(refusing, outage, clock=system.clock)
+    system.relay_for(
+        "organization",
+        publisher=bus,
+        poll_interval=RELAY_POLL,
+        max_attempts=MAX_ATTEMPTS,
+        backoff=RELAY_BACKOFF if mitigations.on("backoff") else Backoff.constant(0.5),
+        on_exhausted="dead_letter" if mitigations.on("dead-lettering") else "block",
+    )
+    system.add("organization", lambda ctx: Organization(ctx, publisher=bus))
+    observer = Observer(system)
+    workload = system.workload()
+    for org in orgs:
+        await workload.request(
+            "admin",
+            "create-org",
+            "POST",
+            "http://organization/orgs",
+            json={"org_id": org, "owner_id": f"owner-{org}", "name": org.title()},
+        )
+    start = system.now()
+    outage_at = start + rand.uniform(90.0, 150.0)
+    partition_end = start + 10.0 + PARTITION_FOR
+    replay_at = partition_end + 20.0
+    finish = replay_at + 120.0
+    timeline: dict[str, Any] = {}
+
+    async def admin(org: str) -> None:
+        users = [f"{org}-user-{n}" for n in range(8)]
+        members: list[str] = []
+        # The refused org's admin is done before the partition ends: nothing of it is
+        # published in between (its events are in dead letters, then replayed in order).
+        until = start + 60.0 if org == poisoned else outage_at + OUTAGE + 100.0
+        while users and system.now() < until:
+            await system.sleep(rand.uniform(8.0, 20.0) if org != poisoned else 15.0)
+            if members and rand.random() < 0.3:
+                user = members.pop(rand.randrange(len(members)))
+                await workload.request(
+                    "admin",
+                    "remove-member",
+                    "DELETE",
+                    f"http://organization/orgs/{org}/members/{user}",
+                    tags={"org": org, "user": user, "type": "member_removed"},
+                )
+            else:
+                user = users.pop(0)
+                members.append(user)
+                await workload.request(
+                    "admin",
+                    "add-member",
+                    "POST",
+                    f"http://organization/orgs/{org}/members",
+                    json={"user_id": user, "role": "member"},
+                    tags={"org": org, "user": user, "type": "member_added"},
+                )
+
+    async def chaos() -> None:
+        await system.sleep(10.0)
+        partition.enabled = True
+        await system.sleep_until(outage_at)
+        outage.enabled = True
+        await system.sleep(OUTAGE)
+        outage.enabled = False
+        await system.sleep_until(partition_end)
+        partition.enabled = False
+
+    async def operator() -> None:
+        await system.sleep_until(replay_at)
+        dead = system.stores["organization"].dead_letters
+        timeline["dead_before"] = await dead.count(DeadLetterFilter())
+        timeline["replay"] = await anyio.to_thread.run_sync(
+            replay_dead_letters, system.stores["organization"].path
+        )
+        timeline["replayed_at"] = system.now()
+        timeline["dead_after"] = await dead.count(DeadLetterFilter())
+
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(observer.run)
+        async with anyio.create_task_group() as group:
+            group.start_soon(chaos)
+            group.start_soon(operator)
+            for org in orgs:
+                group.start_soon(admin, org)
+        await system.sleep_until(finish)
+        outer.cancel_scope.cancel()
+    return judge_publishing(system, start, outage_at, poisoned, bus, observer, timeline)
+
+
+def judge_publishing(
+    system: System,
+    start: float,
+    outage_at: float,
+    poisoned: str,
+    bus: ChaosPublisher,
+    observer: Observer,
+    timeline: dict[str, Any],
+) -> DrillResult:
+    result = DrillResult()
+    writes = system.log.where(
+        lambda r: r.operation in ("add-member", "remove-member") and r.started >= start
+    )
+    fill_counts(result, writes)
+    # What had to be delivered: one event per accepted change, in the order accepted.
+    expected: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for r in sorted(writes, key=lambda r: r.finished):
+        if r.outcome == "served":
+            expected[str(r.tags["org"])].append((str(r.tags["type"]), str(r.tags["user"])))
+    owners = {f"owner-{org}" for org in expected}  # made with their org, before the drill
+    seen: set[str] = set()
+    delivered: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    copies: dict[str, int] = defaultdict(int)
+    for at, event in observer.deliveries:
+        copies[str(event.id)] += 1
+        if str(event.id) in seen or at < start:
+            continue
+        seen.add(str(event.id))
+        kind = event.type.removeprefix("organization.")
+        if kind in ("member_added", "member_removed") and event.payload["user_id"] not in owners:
+            org = str(event.payload["org_id"])
+            delivered[org].append((kind, str(event.payload["user_id"])))
+    lost = sum(
+        len([change for change in changes if change not in delivered[org]])
+        for org, changes in expected.items()
+    )
+    out_of_order = [org for org, changes in expected.items() if delivered[org] != changes]
+    result.events_lost = lost
+    result.duplicate_effects = sum(count - 1 for count in copies.values())
+    result.dead_lettered = int(timeline.get("dead_before", 0))
+    outage_end = outage_at + OUTAGE
+    during = [a for a in bus.attempts if outage_at <= a.at < outage_end]
+    per_event: dict[str, int] = defaultdict(int)
+    for attempt in during:
+        per_event[attempt.event_id] += 1
+    result.dependency_calls = len(during)
+    most = max(per_event.values(), default=0)
+    after = [a for a in bus.attempts if a.at >= outage_end and not a.injected]
+    result.time_to_recover = after[0].at - outage_end if after else None
+    replay = timeline.get("replay", {})
+    replayed = [str(item) for item in replay.get("replayed", [])]
+    poisoned_changes = len(expected.get(poisoned, []))
+    result.check(
+        "0 events lost",
+        lost == 0,
+        f"{lost} of {sum(len(c) for c in expected.values())} accepted changes never delivered",
+    )
+    result.check(
+        "every org's events delivered in the order of its changes",
+        not out_of_order,
+        f"{len(expected) - len(out_of_order)} of {len(expected)} orgs in order",
+    )
+    result.check(
+        "retries back off exponentially while the bus is down (nothing given up)",
+        most <= MAX_ATTEMPTS - 2 and not any(a for a in after if a.injected),
+        f"{len(during)} publish attempts during the {OUTAGE:.0f}s outage, at most {most} "
+        f"for one event (exhausted at {MAX_ATTEMPTS})",
+    )
+    result.check(
+        "events that failed N times sit in dead letters and are replayed once from the CLI",
+        timeline.get("dead_before") == poisoned_changes > 0
+        and replay.get("exit_code") == 0
+        and timeline.get("dead_after") == 0,
+        f"{timeline.get('dead_before')} dead letters for {poisoned_changes} changes of the "
+        f"refused org; `resilience-kit dead-letters replay` exited {replay.get('exit_code')}, "
+        f"{len(replayed)} replayed, {timeline.get('dead_after')} left",
     )
     return result
