@@ -686,12 +686,12 @@ async def org_deletion(system: System) -> DrillResult:
             )
     start = system.now()
     deleted_at: dict[str, float] = {}
-    finish = start + 480.0
+    finish = start + 420.0
     first_purge = start + 60.0 + GRACE
 
     async def creator(org: str, user: str) -> None:
         while system.now() < finish:
-            await system.sleep(rand.uniform(8.0, 25.0))
+            await system.sleep(rand.uniform(10.0, 30.0))
             if system.now() >= finish:
                 return
             await workload.request(
