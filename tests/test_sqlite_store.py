@@ -1016,3 +1016,18 @@ async def test_a_store_on_a_virtual_clock_runs_a_relays_backoff_in_virtual_time(
 def test_a_store_refuses_a_clock_that_is_not_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="clock"):
         SQLiteStore(tmp_path / "app.db", clock="now")  # type: ignore[arg-type]
+
+
+def test_a_clocked_store_stamps_outbox_rows_with_its_clock_and_checks_the_connection(
+    tmp_path: Path,
+) -> None:
+    clock = VirtualClock(start=0.0, wall=1_000_000.0)
+    with SQLiteStore(tmp_path / "app.db", clock=clock) as store:
+        store.migrate()
+        connection = store.connect()
+        with connection:
+            store.outbox.add(connection, [entry()])
+        assert connection.execute("SELECT created_at FROM rk_outbox").fetchone() == (1_000_000.0,)
+        connection.close()
+        with pytest.raises(TypeError, match=r"sqlite3\.Connection"):
+            store.outbox.add("not a connection", [entry()])  # type: ignore[arg-type]
