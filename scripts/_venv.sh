@@ -1,4 +1,5 @@
 # Sourced by the other scripts: make sure .venv exists and has the project installed.
+# Progress goes to stderr, so a script that sources this one keeps a clean stdout.
 # Only python3 (>= 3.10) is needed on the machine; everything else comes from PyPI, at the
 # versions pinned in requirements/constraints.txt (refresh it with `bash scripts/lock.sh`).
 set -euo pipefail
@@ -6,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${VENV:-.venv}"
 LOCK=requirements/constraints.txt
 if [ ! -x "$VENV/bin/python" ]; then
-    echo "creating the virtual environment $VENV"
+    echo "creating the virtual environment $VENV" >&2
     python3 -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
@@ -38,11 +39,11 @@ install_project() {
         if [ -f "$(_install_stamp "$candidate")" ]; then return 0; fi
     done
     local started=$SECONDS
-    echo "installing the project ($profile) into $VENV, from $LOCK; first run only"
+    echo "installing the project ($profile) into $VENV, from $LOCK; first run only" >&2
     local pip_pin
     pip_pin=$(grep -E '^pip==' "$LOCK" | cut -d' ' -f1)
     "$PY" -m pip install --quiet --disable-pip-version-check "$pip_pin" 2>&1 \
-        | grep -v "is ignored: it is neither a file nor a directory" || true
+        | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
     local args=(-c "$LOCK" -e ".${extras:+[$extras]}")
     local group
     for group in "$@"; do args+=(--group "$group"); done
@@ -50,9 +51,9 @@ install_project() {
     "$PY" -m pip install --disable-pip-version-check --progress-bar off "${args[@]}" 2>&1 \
         | grep -v "is ignored: it is neither a file nor a directory" \
         | grep -E "^(Collecting|Successfully installed|ERROR|error)" \
-        | sed -e 's/^Collecting /  collecting /' -e 's/ (from .*//' || true
+        | sed -e 's/^Collecting /  collecting /' -e 's/ (from .*//' >&2 || true
     "$PY" -c "import resilience_kit" # fail loudly if the install did not work
     rm -f "$VENV"/.installed-"$profile"-*
     touch "$stamp"
-    echo "installed in $(( SECONDS - started )) s"
+    echo "installed in $(( SECONDS - started )) s" >&2
 }

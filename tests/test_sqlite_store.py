@@ -27,6 +27,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from resilience_kit import Backoff
 from resilience_kit.errors import (
     ConfigurationError,
     CorruptRecordError,
@@ -34,11 +35,13 @@ from resilience_kit.errors import (
     StoreSchemaError,
     StoreUnavailableError,
 )
-from resilience_kit.messaging import Event
+from resilience_kit.messaging import Event, Outbox, OutboxRelay
 from resilience_kit.messaging._protocols import OutboxEntry
 from resilience_kit.messaging._records import DeadLetter, DeadLetterFilter, OutboxMessage
 from resilience_kit.stores.sqlite import SQLiteStore
 from resilience_kit.stores.sqlite._schema import LATEST
+from resilience_kit.testing import ChaosFault, ChaosPublisher, VirtualClock
+from resilience_kit.transports import MemoryBus
 
 HOUR = 3600.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -986,3 +989,65 @@ def test_without_auto_migrate_a_current_schema_is_used_and_a_newer_one_refused(
         with pytest.raises(StoreSchemaError, match="newer than this resilience-kit"):
             anyio.run(store.outbox.status)
     assert path.read_bytes() == before
+
+
+# -- a store on an injected clock -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_store_on_a_virtual_clock_runs_a_relays_backoff_in_virtual_time(
+    tmp_path: Path,
+) -> None:
+    clock = VirtualClock(auto_advance=False)
+    store = SQLiteStore(tmp_path / "app.db", clock=clock)
+    bus = MemoryBus()
+    outage = ChaosFault(ConnectionError("bus down"), schedule=[True, True])
+    chaos = ChaosPublisher(bus, outage, clock=clock)
+    relay = OutboxRelay(
+        store.outbox,
+        chaos,
+        backoff=Backoff.constant(10.0),
+        poll_interval=5.0,
+        clock=clock,
+    )
+    connection = store.connect()
+    with connection:
+        Outbox(store.outbox, topic="orgs").add(
+            connection, Event(type="org.created", key="org:1", payload={})
+        )
+    connection.close()
+    try:
+        async with clock.autojump(), anyio.create_task_group() as group:
+            await group.start(relay.run)
+            while not bus.retained("orgs"):
+                await clock.asleep(1.0)
+            group.cancel_scope.cancel()
+    finally:
+        store.close()
+    # Retried 10 s after each failure, as seen by polls every 5 s of virtual time (a
+    # store on the database's clock would make both real seconds).
+    assert [(a.at, a.injected) for a in chaos.attempts] == [
+        (0.0, True),
+        (10.0, True),
+        (20.0, False),
+    ]
+
+
+def test_a_store_refuses_a_clock_that_is_not_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="clock"):
+        SQLiteStore(tmp_path / "app.db", clock="now")  # type: ignore[arg-type]
+
+
+def test_a_clocked_store_stamps_outbox_rows_with_its_clock_and_checks_the_connection(
+    tmp_path: Path,
+) -> None:
+    clock = VirtualClock(start=0.0, wall=1_000_000.0)
+    with SQLiteStore(tmp_path / "app.db", clock=clock) as store:
+        store.migrate()
+        connection = store.connect()
+        with connection:
+            store.outbox.add(connection, [entry()])
+        assert connection.execute("SELECT created_at FROM rk_outbox").fetchone() == (1_000_000.0,)
+        connection.close()
+        with pytest.raises(TypeError, match=r"sqlite3\.Connection"):
+            store.outbox.add("not a connection", [entry()])  # type: ignore[arg-type]

@@ -23,15 +23,18 @@ from resilience_kit import (
 )
 from resilience_kit.clock import Clock, SystemClock, TimerClock, get_clock
 from resilience_kit.errors import InjectedFaultError
+from resilience_kit.messaging import Event
 from resilience_kit.testing import (
     ChaosFault,
     ChaosLatency,
+    ChaosPublisher,
     ChaosResult,
     Switch,
     VirtualClock,
     no_wait,
     use_clock,
 )
+from resilience_kit.transports import MemoryBus
 
 # -- VirtualClock ----------------------------------------------------------------------------
 
@@ -675,3 +678,59 @@ def test_next_deadline_skips_cancelled_timers() -> None:
     clock.call_at(9.0, lambda: None)
     early.cancel()
     assert clock.next_deadline() == 9.0
+
+
+# -- ChaosPublisher ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_chaos_publisher_fails_matching_publishes_only_while_switched_on() -> None:
+
+    clock = VirtualClock()
+    bus = MemoryBus()
+    outage = ChaosFault(ConnectionError("partition offline"), enabled=False)
+    chaos = ChaosPublisher(
+        bus, outage, where=lambda topic, event: event.key == "org:2", clock=clock
+    )
+    one = Event(type="org.created", key="org:1", payload={})
+    two = Event(type="org.created", key="org:2", payload={})
+    await chaos.publish("orgs", two)
+    outage.enabled = True
+    clock.advance(5.0)
+    await chaos.publish("orgs", one)
+    with pytest.raises(ConnectionError, match="partition offline"):
+        await chaos.publish("orgs", two)
+    assert [(a.at, a.key, a.injected) for a in chaos.attempts] == [
+        (0.0, "org:2", False),
+        (5.0, "org:1", False),
+        (5.0, "org:2", True),
+    ]
+    assert chaos.attempts[-1].event_id == str(two.id)
+    assert bus.retained("orgs") == 2
+    assert "ChaosPublisher(MemoryBus" in repr(chaos)
+
+
+@pytest.mark.anyio
+async def test_a_chaos_publisher_without_where_applies_to_every_publish() -> None:
+
+    bus = MemoryBus()
+    chaos = ChaosPublisher(bus, ChaosFault(schedule=[True, False]))
+    event = Event(type="org.created", key="org:1", payload={})
+    with pytest.raises(InjectedFaultError):
+        await chaos.publish("orgs", event)
+    await chaos.publish("orgs", event)
+    assert [a.injected for a in chaos.attempts] == [True, False]
+    assert bus.retained("orgs") == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter"),
+    [({"faults": object()}, "faults"), ({"where": 3}, "where")],
+)
+def test_a_misconfigured_chaos_publisher_names_the_parameter(
+    kwargs: dict[str, object], parameter: str
+) -> None:
+
+    arguments: dict[str, object] = {"faults": ChaosFault(), **kwargs}
+    with pytest.raises(ConfigurationError, match=parameter):
+        ChaosPublisher(MemoryBus(), **arguments)  # type: ignore[arg-type]

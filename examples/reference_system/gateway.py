@@ -14,6 +14,16 @@ validator, so logged-out sessions are refused everywhere:
 - ``identity.session_revoked`` events (a `ResilientConsumer` with an `Inbox`, one
   group per replica so every replica hears every event) revoke cached sessions at once.
 
+Everything else under ``/api/<service>/<path>`` is routed to that service (Organization,
+Billing, Workflow...) after the same authentication, with the caller's id in
+``x-user-id`` (a client's own ``x-user-id`` is dropped: only the gateway vouches):
+
+- a deadline per route (`Timeout`, `ROUTE_DEADLINES`): a slow service costs the
+  client at most that long, then 504;
+- a `CircuitBreaker` per destination service: a failing service is answered 503 with
+  Retry-After in microseconds, and the others are not affected;
+- one retry of a refused connection (it never reached the service), for every method.
+
 Calls to Identity for sign-up and login go through
 ``Pipeline(Timeout(5 s), RetryPolicy(2 attempts, connection refused only), CircuitBreaker)``:
 a refused connection never reached Identity, so retrying it cannot log in twice; the
@@ -50,6 +60,12 @@ from resilience_kit.security import (
 from .core.service import Service, ServiceContext
 from .identity import TOPIC as IDENTITY_TOPIC
 from .keys import KeyVault, apply_key_step
+
+ROUTED = ("organization", "billing", "workflow", "notification", "audit", "analytics")
+"""The services reachable under ``/api/<service>/...``."""
+
+ROUTE_DEADLINES: dict[str, float] = {"workflow": 5.0, "billing": 3.0}
+"""Seconds a routed request may take, per destination (default 5 s)."""
 
 
 class Gateway(Service):
@@ -109,6 +125,34 @@ class Gateway(Service):
             ),
             self.identity_breaker,
         )
+        self.routes_to: dict[str, Pipeline] = {}
+        for service in ROUTED:
+            breaker = self.watch(
+                CircuitBreaker(
+                    f"gateway.{service}",
+                    window=20,
+                    minimum_calls=10,
+                    failure_rate_threshold=0.5,
+                    open_for=15.0,
+                    half_open_calls=2,
+                    record_on=(httpx.TransportError, ConnectionError, TimeoutError),
+                    clock=clock,
+                )
+            )
+            if not mitigations.on("breaker"):
+                breaker.disable()
+            self.routes_to[service] = Pipeline(
+                Timeout(ROUTE_DEADLINES.get(service, 5.0), clock=clock, name=f"gateway.{service}"),
+                RetryPolicy(
+                    attempts=2 if mitigations.on("retries") else 1,
+                    on=httpx.ConnectError,
+                    backoff=Backoff.constant(0.1),
+                    clock=clock,
+                    rand=ctx.rand.random,
+                    name=f"gateway.{service}.retry",
+                ),
+                breaker,
+            )
         self.consumers.append(
             ResilientConsumer(
                 ctx.bus.subscribe(IDENTITY_TOPIC, group=f"revocations.{ctx.host}"),
@@ -168,7 +212,51 @@ class Gateway(Service):
             Route("/api/login", self.to_identity("/login"), methods=["POST"]),
             Route("/api/logout", self.to_identity("/logout"), methods=["POST"]),
             Route("/admin/keys", self.rotate, methods=["POST"]),
+            Route(
+                "/api/{service}/{path:path}",
+                self.route,
+                methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            ),
         ]
+
+    async def route(self, request: Request) -> Response:
+        """Forward ``/api/<service>/<path>`` to the service, as the authenticated user."""
+        service, path = request.path_params["service"], request.path_params["path"]
+        pipeline = self.routes_to.get(service)
+        if pipeline is None:
+            return JSONResponse({"error": f"no service {service!r}"}, status_code=404)
+        verified = await self.authenticate(request)
+        if isinstance(verified, Response):
+            return verified
+        body = await request.body()
+        headers = {"x-user-id": verified.subject or "", "content-type": "application/json"}
+        url = f"{self.ctx.urls[service]}/{path}"
+        if request.url.query:
+            url += f"?{request.url.query}"
+        try:
+            response = await pipeline.acall(
+                lambda: self.ctx.http.request(request.method, url, content=body, headers=headers)
+            )
+        except CircuitOpenError as exc:
+            wait = max(1, math.ceil(exc.retry_after or 1))
+            return JSONResponse(
+                {"error": f"{service}_unavailable"},
+                status_code=503,
+                headers={"retry-after": str(wait)},
+            )
+        except TimeoutError:
+            return JSONResponse({"error": f"{service}_timeout"}, status_code=504)
+        except httpx.HTTPError as exc:
+            return JSONResponse(
+                {"error": f"{service}_unavailable", "detail": type(exc).__name__}, status_code=502
+            )
+        passed = {k: v for k, v in response.headers.items() if k in ("retry-after", "x-degraded")}
+        return Response(
+            response.content,
+            status_code=response.status_code,
+            headers=passed,
+            media_type=response.headers.get("content-type", "application/json"),
+        )
 
     async def rotate(self, request: Request) -> Response:
         """One step of a key rotation on this replica (it only verifies)."""

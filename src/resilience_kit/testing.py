@@ -5,6 +5,8 @@
   context managers that restore the previous setting.
 - `ChaosFault`, `ChaosLatency`, `ChaosResult`: policies that inject an exception,
   latency or a substitute result, at a rate or on a schedule, switchable at run time.
+- `ChaosPublisher`: any transport's publishes through such a policy, for some or all
+  topics and keys (a broker outage, one partition refusing its messages).
 - pytest fixtures ``virtual_clock`` and ``no_wait`` (registered automatically through
   the ``pytest11`` entry point; they work with anyio's plugin and pytest-asyncio alike).
 
@@ -33,8 +35,9 @@ import random
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -46,10 +49,15 @@ from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError, InjectedFaultError
 from resilience_kit.policies import Policy
 
+if TYPE_CHECKING:  # messaging sits above testing: only its types are needed here
+    from resilience_kit.messaging import Event, Publisher
+
 __all__ = (
     "ChaosFault",
     "ChaosLatency",
+    "ChaosPublisher",
     "ChaosResult",
+    "PublishAttempt",
     "Switch",
     "VirtualClock",
     "no_wait",
@@ -609,3 +617,114 @@ class ChaosResult(_Chaos, Generic[T]):
             return await fn(*args, **kwargs)
 
         return replaced
+
+
+@dataclass(frozen=True, slots=True)
+class PublishAttempt:
+    """One publish a `ChaosPublisher` was asked for, and whether a fault met it.
+
+    Attributes:
+        at: when, on the publisher's clock (monotonic seconds).
+        topic: the topic.
+        key: the event's key.
+        event_id: the event's id (the same across retries of one outbox row).
+        injected: ``True`` when the real publisher was not reached (a fault was injected).
+    """
+
+    at: float
+    topic: str
+    key: str
+    event_id: str
+    injected: bool
+
+
+class ChaosPublisher:
+    """A `Publisher` that sends another publisher's publishes through a chaos policy.
+
+    Wrap any transport (`MemoryBus`, Redis Streams, Kafka) to test the code that
+    publishes — an `OutboxRelay`, a producer — against a broker that is down
+    (``ChaosFault`` switched on for a while), slow (``ChaosLatency``), or refuses some
+    messages only (``where``: one topic, one partition's keys). Every publish asked for
+    is recorded in `attempts`, an independent count of how hard the broker was hit.
+
+    Args:
+        publisher: the real publisher.
+        faults: the policy matching publishes run through; flip its ``enabled`` to
+            start and end an outage.
+        where: ``where(topic, event) -> bool``: which publishes the faults apply to
+            (default: all); the others go straight through.
+        clock: the clock for `PublishAttempt.at` (default: the system clock).
+
+    Raises:
+        ConfigurationError: ``faults`` is not a policy, or ``where`` not callable.
+
+    Examples:
+        >>> import anyio
+        >>> from resilience_kit.messaging import Event
+        >>> from resilience_kit.testing import ChaosFault, ChaosPublisher
+        >>> from resilience_kit.transports import MemoryBus
+        >>> bus = MemoryBus()
+        >>> outage = ChaosFault(ConnectionError("broker down"), enabled=False)
+        >>> chaos = ChaosPublisher(bus, outage, where=lambda topic, event: event.key == "org:2")
+        >>> outage.enabled = True
+        >>> anyio.run(chaos.publish, "orgs", Event(type="org.created", key="org:1", payload={}))
+        >>> anyio.run(chaos.publish, "orgs", Event(type="org.created", key="org:2", payload={}))
+        Traceback (most recent call last):
+        ...
+        ConnectionError: broker down
+        >>> [(a.key, a.injected) for a in chaos.attempts], bus.retained("orgs")
+        ([('org:1', False), ('org:2', True)], 1)
+    """
+
+    __slots__ = ("_clock", "_faults", "_publisher", "_where", "attempts")
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        faults: Policy,
+        *,
+        where: Callable[[str, Event], bool] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(faults, Policy):
+            raise ConfigurationError(
+                "faults", f"must be a policy such as ChaosFault, got {faults!r}"
+            )
+        if where is not None and not callable(where):
+            raise ConfigurationError("where", f"must be callable or None, got {where!r}")
+        self._publisher = publisher
+        self._faults = faults
+        self._where = where
+        self._clock = clock
+        self.attempts: list[PublishAttempt] = []
+        """Every publish asked for, in order."""
+
+    def __repr__(self) -> str:
+        return f"ChaosPublisher({self._publisher!r}, {self._faults!r})"
+
+    async def publish(self, topic: str, event: Event) -> None:
+        """Publish through the chaos policy when ``where`` matches, else straight through.
+
+        Raises:
+            Exception: what the policy injects, or what the real publisher raises.
+        """
+        at = resolve_clock(self._clock).monotonic()
+        if self._where is not None and not self._where(topic, event):
+            self.attempts.append(
+                PublishAttempt(at, topic, event.key, str(event.id), injected=False)
+            )
+            await self._publisher.publish(topic, event)
+            return
+        reached = False
+
+        async def publish() -> None:
+            nonlocal reached
+            reached = True
+            await self._publisher.publish(topic, event)
+
+        try:
+            await self._faults.acall(publish)
+        finally:
+            self.attempts.append(
+                PublishAttempt(at, topic, event.key, str(event.id), injected=not reached)
+            )

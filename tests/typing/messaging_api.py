@@ -12,12 +12,18 @@ from resilience_kit.messaging import (
     DeadLetterQueue,
     Event,
     Inbox,
+    MemorySagaJournal,
     Outbox,
     OutboxRelay,
     RelayReport,
     ReplayReport,
     ResilientConsumer,
+    Saga,
+    SagaResult,
+    SagaStatus,
+    SagaStep,
     idempotent,
+    saga_plan,
 )
 from resilience_kit.stores.memory import MemoryStore
 from resilience_kit.stores.sqlite import SQLiteStore
@@ -60,3 +66,23 @@ async def charge(order_id: str, cents: int) -> int:
 async def use_charge() -> None:
     assert_type(await charge("o-1", 1200), int)
     assert_type(await charge(order_id="o-2", cents=5), int)  # names kept (ParamSpec)
+
+
+# -- Saga --------------------------------------------------------------------------------
+
+
+async def reserve(order: dict[str, int]) -> None:
+    return None
+
+
+checkout: Saga[dict[str, int]] = Saga(
+    "checkout", [SagaStep("reserve", reserve)], journal=MemorySagaJournal()
+)
+
+
+async def use_the_saga() -> None:
+    result = await checkout.run({"id": 1}, run_id="1")
+    assert_type(result, SagaResult)
+    assert_type(result.status, SagaStatus)
+    assert_type(result.compensated, tuple[str, ...])
+    assert_type(saga_plan(["a"], []), tuple[str, str] | SagaResult)

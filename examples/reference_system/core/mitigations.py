@@ -25,11 +25,26 @@ KNOWN: dict[str, str] = {
         "e-mails go to the mail server without an Idempotency-Key (a re-send after a lost "
         "acknowledgement is delivered again)"
     ),
-    "dead-lettering": "a consumer retries a failing message forever instead of dead-lettering it",
+    "dead-lettering": "nothing goes to dead letters: a consumer retries a failing message "
+    "forever, a relay holds events it gave up on in the outbox (blocked)",
     "in-app-fallback": "no in-app notification when an e-mail cannot be sent",
     "queue-persistence": (
         "an e-mail that cannot be sent is given up on instead of kept for after the outage"
     ),
+    "redelivery": "a consumer whose handler fails gives the event up at once (dead letters) "
+    "instead of retrying it with backoff",
+    "reconciliation": "Organization has no admin reconciliation endpoint: a lost event is "
+    "never repaired",
+    "idempotent-processing": "consumers apply every delivery: no inbox, no check of the "
+    "current state (a redelivered or re-published event acts twice)",
+    "soft-delete": "deleting an org purges it at once: no grace period for dependents still "
+    "processing",
+    "compensation": "a purge step that fails leaves the steps before it in place: the org "
+    "stays half-purged and the purge is never retried",
+    "outbox": "Organization publishes events straight to the bus after its commit: what the "
+    "bus refuses is lost",
+    "backoff": "the relay retries a failed publish every 0.5 s instead of backing off "
+    "exponentially",
 }
 
 

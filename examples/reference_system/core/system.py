@@ -13,12 +13,12 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 
-from resilience_kit.messaging import OutboxRelay
+from resilience_kit.messaging import OutboxRelay, Publisher
 from resilience_kit.stores.sqlite import SQLiteStore
 from resilience_kit.testing import VirtualClock
 from resilience_kit.transports import MemoryBus
@@ -53,8 +53,10 @@ class System:
         self.stores: dict[str, SQLiteStore] = {}
         self.relays: dict[str, OutboxRelay] = {}
         self.services: dict[str, list[Service]] = {}
-        # Set while `running`: what is added then (a drill adds its services) starts at once.
+        # Set while `running`: what a drill adds then starts at once (relay, consumers).
         self._group: anyio.abc.TaskGroup | None = None
+        self._started: set[str] = set()
+        self._relay_options: dict[str, dict[str, Any]] = {}
 
     @property
     def workdir(self) -> Path:
@@ -82,20 +84,32 @@ class System:
     def store(self, service: str) -> SQLiteStore:
         """The service's own database (one SQLite file, shared by its replicas)."""
         if service not in self.stores:
-            store = SQLiteStore(self.workdir / f"{service}.db")
+            store = SQLiteStore(self.workdir / f"{service}.db", clock=self.clock)
             store.migrate()
             self.stores[service] = store
             # Idle relays wake on commits through this store object; the poll is a backstop.
+            options: dict[str, Any] = {"poll_interval": 30.0, "publisher": self.bus}
+            options.update(self._relay_options.get(service, {}))
+            publisher = options.pop("publisher")
             self.relays[service] = OutboxRelay(
-                store.outbox,
-                self.bus,
-                name=f"{service}.relay",
-                poll_interval=30.0,
-                clock=self.clock,
+                store.outbox, publisher, name=f"{service}.relay", clock=self.clock, **options
             )
-            if self._group is not None:
+            if self._group is not None:  # created while running: relay from now on
+                self._started.add(service)
                 self._group.start_soon(self.relays[service].run)
         return self.stores[service]
+
+    def relay_for(
+        self, service: str, *, publisher: Publisher | None = None, **options: Any
+    ) -> None:
+        """Set how ``service``'s relay publishes (through a faulty ``publisher``, with
+        another backoff...): `OutboxRelay` options; call it before the service is added."""
+        if service in self.stores:
+            raise RuntimeError(f"relay_for({service!r}) must come before the service is added")
+        self._relay_options[service] = {
+            **options,
+            **({} if publisher is None else {"publisher": publisher}),
+        }
 
     def add(
         self, service: str, factory: Callable[[ServiceContext], S], replicas: int = 1
@@ -122,7 +136,7 @@ class System:
             assert self.network.add(service, replica.app) == host
             self.services[service].append(replica)
             created.append(replica)
-            if self._group is not None:
+            if self._group is not None:  # added while running: start it now
                 self._group.start_soon(replica.run)
         return created
 
@@ -177,7 +191,8 @@ class System:
             stack.push_async_callback(self.network.aclose)
             group = await stack.enter_async_context(anyio.create_task_group())
             await stack.enter_async_context(self.clock.autojump())
-            for relay in self.relays.values():
+            for service, relay in self.relays.items():
+                self._started.add(service)
                 await group.start(relay.run)
             for replicas in self.services.values():
                 for replica in replicas:

@@ -7,3 +7,4 @@ To add a drill module, create ``drills/<service>.py`` with functions decorated b
 from . import audit as audit
 from . import identity as identity
 from . import notification as notification
+from . import organization as organization

@@ -8,6 +8,8 @@
 - `ResilientConsumer`: de-duplicate, retry, dead-letter, keep consuming.
 - `BatchWriter`: write items in batches from a bounded queue (back-pressure), retrying
   failed batches without losing an item.
+- `Saga` + `SagaStep`: steps across services, each with a compensation; on a failure
+  the steps done are undone in reverse order; resumable from a `SagaJournal`.
 - `idempotent` + `IdempotencyMiddleware`: run a call once per idempotency key; the
   Idempotency-Key header contract for any ASGI app.
 - The store protocols (`OutboxStore`, `DeadLetterStore`, `InboxStore`,
@@ -58,6 +60,14 @@ from resilience_kit.messaging._records import OutboxMessage as OutboxMessage
 from resilience_kit.messaging._records import OutboxStatus as OutboxStatus
 from resilience_kit.messaging._relay import OutboxRelay as OutboxRelay
 from resilience_kit.messaging._relay import RelayReport as RelayReport
+from resilience_kit.messaging._saga import MemorySagaJournal as MemorySagaJournal
+from resilience_kit.messaging._saga import Saga as Saga
+from resilience_kit.messaging._saga import SagaJournal as SagaJournal
+from resilience_kit.messaging._saga import SagaMark as SagaMark
+from resilience_kit.messaging._saga import SagaResult as SagaResult
+from resilience_kit.messaging._saga import SagaStatus as SagaStatus
+from resilience_kit.messaging._saga import SagaStep as SagaStep
+from resilience_kit.messaging._saga import saga_plan as saga_plan
 
 __all__ = (
     "REPLAYS_HEADER",
@@ -82,6 +92,7 @@ __all__ = (
     "InboxStore",
     "InvalidEventError",
     "MalformedEventError",
+    "MemorySagaJournal",
     "Outbox",
     "OutboxEntry",
     "OutboxMessage",
@@ -93,9 +104,16 @@ __all__ = (
     "RelayReport",
     "ReplayReport",
     "ResilientConsumer",
+    "Saga",
+    "SagaJournal",
+    "SagaMark",
+    "SagaResult",
+    "SagaStatus",
+    "SagaStep",
     "Subscriber",
     "WriterStats",
     "idempotent",
+    "saga_plan",
 )
 
 # Reprs, docs and pickles name where users import a class from, not its private module.

@@ -25,6 +25,7 @@ from types import TracebackType
 import anyio.to_thread
 
 from resilience_kit._checks import check_int, check_positive
+from resilience_kit.clock import Clock
 from resilience_kit.errors import ConfigurationError, StoreError, StoreUnavailableError
 from resilience_kit.stores.sqlite._database import Database
 from resilience_kit.stores.sqlite._dead_letters import SQLiteDeadLetterStore
@@ -82,6 +83,10 @@ class SQLiteStore:
             checks it on a read-only connection instead, and a missing or outdated
             schema raises `StoreSchemaError` without changing the file (how the
             ``resilience-kit`` command opens a store).
+        clock: where the store reads "now" for leases, retry times and expiries
+            (default: the database's clock). Pass a test's `VirtualClock` so that a
+            relay's backoff and leases run in virtual time; in production every
+            process using the file must read the same clock, so leave it out.
 
     Raises:
         ConfigurationError: for a bad parameter, such as a path whose directory does
@@ -104,6 +109,7 @@ class SQLiteStore:
         busy_timeout: float = 5.0,
         max_connections: int = 4,
         auto_migrate: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise ConfigurationError("path", f"must be a str or a path, got {path!r}")
@@ -111,6 +117,8 @@ class SQLiteStore:
         _check_path(self._path)
         check_positive("busy_timeout", busy_timeout, allow_zero=True)
         check_int("max_connections", max_connections, minimum=1)
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigurationError("clock", f"must be a Clock or None, got {clock!r}")
         if sqlite3.sqlite_version_info < _MINIMUM_VERSION:
             raise StoreError(
                 f"SQLite {sqlite3.sqlite_version} is too old: SQLiteStore needs 3.24 or newer",
@@ -122,6 +130,7 @@ class SQLiteStore:
             max_connections=max_connections,
             label=repr(self),
             auto_migrate=bool(auto_migrate),
+            clock=clock,
         )
         self.outbox = SQLiteOutboxStore(self._db)
         self.dead_letters = SQLiteDeadLetterStore(self._db)

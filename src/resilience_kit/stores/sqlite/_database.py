@@ -26,6 +26,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from resilience_kit.clock import Clock
 from resilience_kit.errors import StoreError, StoreSchemaError, StoreUnavailableError
 from resilience_kit.stores.sqlite import _schema as _sqlite_schema
 
@@ -68,7 +69,10 @@ async def in_thread(work: Callable[[], T]) -> T:
 
 
 def now(connection: sqlite3.Connection) -> float:
-    """The database's current time, in Unix seconds."""
+    """The current time in Unix seconds: the store's clock if it has one, else the database's."""
+    clock: Clock | None = getattr(connection, "clock", None)
+    if clock is not None:
+        return clock.time()
     value: float = connection.execute(NOW).fetchone()[0]
     return value
 
@@ -90,7 +94,13 @@ def from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
-class _CallerConnection(sqlite3.Connection):
+class _ClockedConnection(sqlite3.Connection):
+    """A connection of the store: `now` reads ``clock`` when the store was given one."""
+
+    clock: Clock | None = None
+
+
+class _CallerConnection(_ClockedConnection):
     """A connection from `SQLiteStore.connect`: it tells the store when it commits writes.
 
     Relays of the same store object waiting for rows then wake at once. Only a hint:
@@ -148,6 +158,8 @@ class Database:
         label: how errors name the store (its repr).
         auto_migrate: create or upgrade the schema on first use; without it, the first
             use checks the schema on a read-only connection and changes nothing.
+        clock: where "now" is read (leases, retry times, expiries); ``None``: the
+            database's own clock.
     """
 
     def __init__(
@@ -158,8 +170,10 @@ class Database:
         max_connections: int,
         label: str,
         auto_migrate: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         self.path = path
+        self.clock = clock
         self.busy_timeout = busy_timeout
         self.label = label
         self.auto_migrate = auto_migrate
@@ -189,8 +203,10 @@ class Database:
                 timeout=self.busy_timeout,
                 isolation_level=None if autocommit else "DEFERRED",
                 check_same_thread=False,
-                factory=sqlite3.Connection if autocommit else _CallerConnection,
+                factory=_ClockedConnection if autocommit else _CallerConnection,
             )
+            if self.clock is not None:
+                connection.clock = self.clock
             if isinstance(connection, _CallerConnection):
                 connection.on_commit = self.notify
             try:
@@ -461,16 +477,30 @@ class Database:
         with self._waiters_lock:
             self._waiters.add(woken)
         try:
-            await anyio.to_thread.run_sync(
-                woken.wait,
-                seconds,
-                abandon_on_cancel=True,
-                limiter=anyio.CapacityLimiter(1),
-            )
+            if self.clock is None:
+                await self._wait(woken, seconds)
+            else:
+                # Time is the store's clock (a test's virtual clock): the wait ends after
+                # ``seconds`` on it, so relays poll for due retries in that time too.
+                async with anyio.create_task_group() as group:
+
+                    async def wait() -> None:
+                        await self._wait(woken, seconds)
+                        group.cancel_scope.cancel()
+
+                    group.start_soon(wait)
+                    await self.clock.asleep(seconds)
+                    group.cancel_scope.cancel()
         finally:
             with self._waiters_lock:
                 self._waiters.discard(woken)
             woken.set()
+
+    @staticmethod
+    async def _wait(woken: threading.Event, seconds: float) -> None:
+        await anyio.to_thread.run_sync(
+            woken.wait, seconds, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
+        )
 
     # -- errors ---------------------------------------------------------------------------
 

@@ -38,6 +38,11 @@ from resilience_kit.stores.sqlite._dead_letters import insert_letter
 __all__ = ("SQLiteOutboxStore",)
 
 _INSERT = "INSERT INTO rk_outbox (topic, key, event_id, event_type, data) VALUES (?, ?, ?, ?, ?)"
+# On a store given a clock, rows are stamped by it (their lag is then in its time too).
+_INSERT_AT = (
+    "INSERT INTO rk_outbox (topic, key, event_id, event_type, data, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 # Keys that a live lease holds: none of their rows may be claimed.
 _LEASED_KEYS = "SELECT DISTINCT key FROM rk_outbox WHERE state = 'leased' AND available_at > ?"
@@ -286,6 +291,20 @@ class SQLiteOutboxStore:
         """
         if not self._db.schema_ready:
             self._db.check_caller_schema(connection)
+        clock = self._db.clock
+        if clock is not None:
+            at = clock.time()
+            try:
+                connection.executemany(
+                    _INSERT_AT,
+                    [(e.topic, e.key, e.event_id.bytes, e.event_type, e.data, at) for e in entries],
+                )
+            except sqlite3.Error as error:
+                raise self._db.error(error) from error
+            except AttributeError:
+                check_connection(connection)
+                raise
+            return
         try:
             if len(entries) == 1:
                 entry = entries[0]
