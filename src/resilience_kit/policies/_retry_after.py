@@ -16,10 +16,9 @@ HTTP clients are duck-typed, none is imported: ``exc.response.headers`` covers h
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
-from email.utils import parsedate_to_datetime
 
 __all__ = ("retry_after_hint",)
 
@@ -58,7 +57,10 @@ def retry_after_hint(exc: BaseException, *, now: float | None = None) -> float |
 
 def hint_seconds(value: object) -> float | None:
     """A retry-after attribute as seconds >= 0, or ``None`` when it is not a usable number."""
-    if isinstance(value, timedelta):
+    # A timedelta can only exist once datetime is imported: reading sys.modules keeps
+    # `import resilience_kit` from paying for datetime (and email) up front.
+    datetime_module = sys.modules.get("datetime")
+    if datetime_module is not None and isinstance(value, datetime_module.timedelta):
         return max(0.0, value.total_seconds())
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -102,6 +104,10 @@ def parse_retry_after(value: str, wall: Callable[[], float]) -> float | None:
     if text.isascii() and text.isdigit():  # delay-seconds = 1*DIGIT
         # Past ~4,300 digits int() refuses the text; no such delay is meant anyway.
         return float(int(text)) if len(text) <= 15 else None
+    # Imported here: an HTTP-date is rare, and email.utils costs ~30 ms at import.
+    from datetime import datetime, timezone  # noqa: PLC0415
+    from email.utils import parsedate_to_datetime  # noqa: PLC0415
+
     try:
         moment = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
