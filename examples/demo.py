@@ -54,6 +54,11 @@ def say(message: str) -> None:
     print(f"  [t={clock.monotonic():7.2f}s] {message}")
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``3 attempts``, ``1 attempt``: numbers read as a person writes them."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def scene(title: str) -> None:
     print(f"\n== {title}")
 
@@ -64,7 +69,8 @@ def on_retry(event: RetryEvent) -> None:
 
 
 def on_transition(event: StateTransition) -> None:
-    say(f"breaker {event.breaker!r}: {event.from_state} -> {event.to_state} ({event.reason})")
+    change = f"{event.from_state.value} -> {event.to_state.value}"
+    say(f"breaker {event.breaker}: {change} ({event.reason})")
 
 
 async def retry_scene() -> None:
@@ -162,7 +168,11 @@ async def breaker_scene() -> None:
     await clock.asleep(30.0)
     for _ in range(2):
         say(await charge(100))
-    say(f"metrics: {breaker.metrics()}")
+    metrics = breaker.metrics()
+    say(
+        f"breaker {breaker.name} is {metrics.state.value}: {count(metrics.calls, 'call')} in its "
+        f"window, {count(metrics.rejected_calls, 'call')} rejected while it was open"
+    )
 
 
 async def timeout_scene() -> None:
@@ -278,8 +288,8 @@ async def pipeline_scene() -> None:
     )
     say(
         f"injected: {faults.injected} faults, {hangs.injected} hangs, {outage.injected} calls "
-        f"into the outage; the breaker opened {opens} time(s) and turned away "
-        f"{breaker.metrics().rejected_calls} calls; now {breaker.state}"
+        f"into the outage; the breaker opened {count(opens, 'time')} and turned away "
+        f"{count(breaker.metrics().rejected_calls, 'call')}; now {breaker.state.value}"
     )
 
 
@@ -318,7 +328,10 @@ async def messaging_scene() -> None:
             report = await relay.drain()
             published += report.published
             if report.retried:
-                say(f"relay: {report.retried} publish(es) failed; they will be retried")
+                say(
+                    f"relay: {count(report.retried, 'publish', 'publishes')} failed; "
+                    "they will be retried"
+                )
             if (await store.outbox.status()).backlog == 0:
                 break
         say(f"relay: {published} events published, outbox backlog now 0")
@@ -352,14 +365,19 @@ async def messaging_scene() -> None:
             await bus.join("members", "welcome")  # every message handled and acknowledged
             group.cancel_scope.cancel()
         mails = [row[0] for row in connection.execute("SELECT user FROM welcome_mails")]
-        say(f"consumer: {consumer.counts}")
+        tally = consumer.counts
+        say(
+            f"consumer: {tally['handled']} handled, {tally['duplicate']} duplicates skipped, "
+            f"{tally['dead_lettered']} dead-lettered, {tally['poison']} poison, "
+            f"{tally['unacked']} unacknowledged"
+        )
         say(f"welcome mails sent once each: {sorted(mails)} (duplicates delivered: skipped)")
         queue = DeadLetterQueue(store.dead_letters)
         async for letter in queue.iterate():
             what = letter.event_type or f"{len(letter.data)} undecodable bytes"
-            say(f"dead letter: {what}: {letter.error_type}, {letter.attempts} attempt(s)")
+            say(f"dead letter: {what}: {letter.error_type}, {count(letter.attempts, 'attempt')}")
         report = await queue.replay(DeadLetterFilter(event_type="member.added"), bus)
-        say(f"after fixing eve's address: replayed {len(report.replayed)} dead letter(s)")
+        say(f"after fixing eve's address: replayed {count(len(report.replayed), 'dead letter')}")
         connection.close()
         await subscription.aclose()
         await bus.aclose()

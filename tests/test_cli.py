@@ -363,7 +363,7 @@ def test_replay_into_the_outbox(
     )
     assert code == 0, err
     assert "replayed 3 to outbox (each to its own topic)" in out
-    assert "skipped 1 poison message(s)" in out
+    assert "skipped 1 poison message" in out
     assert anyio.run(sqlite_store.outbox.status).pending == 3
     remaining = anyio.run(sqlite_store.dead_letters.list, DeadLetterFilter())
     assert {letter.id for letter in remaining} == {poison.id, other.id}
@@ -430,8 +430,8 @@ def test_replay_dry_run_changes_nothing(
     )
     assert code == 0
     assert all(str(letter.id) in out for letter in letters)
-    assert "dry run: would replay 3 dead letter(s) to outbox" in out
-    assert "would skip 1 poison message(s); nothing was changed" in out
+    assert "dry run: would replay 3 dead letters to outbox" in out
+    assert "would skip 1 poison message; nothing was changed" in out
     code, out, _ = run(
         capsys,
         "dead-letters",
@@ -540,7 +540,7 @@ def test_purge_with_yes_deletes_matching_letters(
 ) -> None:
     put(sqlite_store, make_letter(), make_letter(topic="orgs"))
     code, out, _ = run(capsys, "dead-letters", "purge", "--store", url, "--topic", "orgs", "--yes")
-    assert (code, out) == (0, "purged 1 dead letter(s)\n")
+    assert (code, out) == (0, "purged 1 dead letter\n")
     assert count(sqlite_store) == 1
     code, out, _ = run(capsys, "dead-letters", "purge", "--store", url, "--all", "--yes", "--json")
     assert code == 0
@@ -558,7 +558,7 @@ def test_purge_asks_on_a_terminal(
     monkeypatch.setattr(sys, "stdin", Terminal("n\n"))
     code, out, err = run(capsys, "dead-letters", "purge", "--store", url, "--topic", "billing")
     assert (code, out) == (1, "")
-    assert "Purge 2 dead letter(s) (topic=billing) for good? [y/N]" in err
+    assert "Purge 2 dead letters (topic=billing) for good? [y/N]" in err
     assert "aborted: nothing was purged" in err
     assert count(sqlite_store) == 3
 
@@ -568,7 +568,7 @@ def test_purge_asks_on_a_terminal(
 
     monkeypatch.setattr(sys, "stdin", Terminal("yes\n"))
     code, out, _ = run(capsys, "dead-letters", "purge", "--store", url, "--topic", "billing")
-    assert (code, out) == (0, "purged 2 dead letter(s)\n")
+    assert (code, out) == (0, "purged 2 dead letters\n")
     assert count(sqlite_store) == 1
 
     monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
@@ -604,7 +604,7 @@ def test_outbox_status(
         "backlog    1",
     ]
     assert out.splitlines()[5].startswith("lag        ")
-    assert "1 blocked row(s) hold back their keys" in err
+    assert "1 blocked row hold back their keys" in err
     assert "resilience-kit outbox blocked" in err
 
     code, out, err = run(capsys, "outbox", "status", "--store", url, "--json")
@@ -750,7 +750,7 @@ def test_outbox_replay_requeues_blocked_and_published_rows(
 
     first, _, third = anyio.run(block_two_publish_one)
     code, out, err = run(capsys, "outbox", "replay", "--store", url, "--position", str(third))
-    assert (code, out) == (0, "requeued 1 row(s)\n"), err
+    assert (code, out) == (0, "requeued 1 row\n"), err
     code, out, _ = run(capsys, "outbox", "replay", "--store", url, "--blocked", "--json")
     assert code == 0
     assert json.loads(out) == {
@@ -762,8 +762,8 @@ def test_outbox_replay_requeues_blocked_and_published_rows(
     assert anyio.run(sqlite_store.outbox.status).pending == 3
 
     code, out, err = run(capsys, "outbox", "replay", "--store", url, "--position", str(first), "99")
-    assert (code, out) == (1, "requeued 0 row(s)\n")
-    assert "2 of the 2 position(s) given were not requeued" in err
+    assert (code, out) == (1, "requeued 0 rows\n")
+    assert "2 of the 2 positions given were not requeued" in err
 
 
 def test_outbox_replay_needs_something_to_requeue(
@@ -1036,7 +1036,7 @@ def list_show_purge(capsys: pytest.CaptureFixture[str], store: Any, url: str) ->
     assert run(capsys, "dead-letters", "show", str(uuid.uuid4()), "--store", url)[0] == 1
 
     code, out, _ = run(capsys, "dead-letters", "purge", "--store", url, "--topic", "orgs", "--yes")
-    assert (code, out) == (0, "purged 1 dead letter(s)\n")
+    assert (code, out) == (0, "purged 1 dead letter\n")
     assert count(store) == 1
     assert run(capsys, "dead-letters", "purge", "--store", url)[0] == 2
     assert count(store) == 1
@@ -1191,7 +1191,7 @@ def test_formatting_helpers() -> None:
     )
     assert describe_filter(where) == (
         "source=outbox, type=org.created, since=2026-01-05 09:00:00,"
-        " until=2026-01-05 09:00:00, 1 id(s)"
+        " until=2026-01-05 09:00:00, 1 id"
     )
     assert moment(None) == "-"
     assert safe("tab\there\n", multiline=True) == "tab\there\n"

@@ -18,6 +18,11 @@ from .mitigations import KNOWN, Mitigations
 from .system import System
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """A number and its noun as a person writes them: ``1 dead letter``, ``3 attempts``."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 @dataclass(frozen=True)
 class Check:
     """One part of a drill's pass criterion, with the measured value that decided it."""

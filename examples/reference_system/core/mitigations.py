@@ -61,7 +61,8 @@ class Mitigations:
         unknown = sorted(chosen - KNOWN.keys())
         if unknown:
             raise ValueError(
-                f"unknown mitigation(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN))}"
+                f"unknown mitigation{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(KNOWN))}"
             )
         return cls(chosen)
 

@@ -134,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     unknown = [name for name in args.drill if name not in drills]
     if unknown:
-        print(f"unknown drill(s): {', '.join(unknown)}; see --list", file=sys.stderr)
+        noun = "drills" if len(unknown) > 1 else "drill"
+        print(f"unknown {noun}: {', '.join(unknown)}; see --list", file=sys.stderr)
         return 2
     chosen = [drills[name] for name in args.drill] if args.drill else list(drills.values())
     without = tuple(args.without_mitigation)

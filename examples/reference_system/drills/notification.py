@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from reference_system.core.drill import DrillResult, drill
+from reference_system.core.drill import DrillResult, count, drill
 from reference_system.core.system import System
 from reference_system.mail import MailServer, install
 from reference_system.notification import Notification
@@ -327,8 +327,8 @@ async def poison_message(system: System) -> DrillResult:
     result.check(
         "1 dead letter after 3 attempts",
         only is not None and only["event_id"] == str(poison.id) and only["attempts"] == 3,
-        f"{len(letters)} dead letter(s): "
-        + ", ".join(f"{x['event_type']} after {x['attempts']} attempt(s)" for x in letters),
+        f"{count(len(letters), 'dead letter')}: "
+        + ", ".join(f"{x['event_type']} after {count(x['attempts'], 'attempt')}" for x in letters),
     )
     result.check(
         "messages after the poison keep flowing (no head-of-line block)",
@@ -349,8 +349,8 @@ async def poison_message(system: System) -> DrillResult:
         and len(poisoned) == 1
         and not remaining
         and system.sink.duplicates("email") == 0,
-        f"replayed {len(replay['replayed'])}; {len(poisoned)} e-mail(s) for it; "
-        f"{len(remaining)} dead letter(s) left",
+        f"replayed {len(replay['replayed'])}; {count(len(poisoned), 'e-mail')} for it; "
+        f"{count(len(remaining), 'dead letter')} left",
     )
     if poisoned:
         result.time_to_recover = poisoned[0] - replayed_at

@@ -17,6 +17,7 @@ from resilience_kit._cli.console import FAILED, OK, CommandError, Console, Usage
 from resilience_kit._cli.format import (
     blocked_document,
     blocked_table,
+    count,
     dead_letter_details,
     dead_letter_document,
     dead_letter_table,
@@ -151,8 +152,9 @@ async def _dry_run(store: _Store, args: argparse.Namespace, console: Console) ->
         console.print(dead_letter_table(would, console.width()))
         console.print()
     console.print(
-        f"dry run: would replay {len(would)} dead letter(s) to {_target(args)}"
-        f" ({_topic(args)}); would skip {len(skipped)} poison message(s); nothing was changed"
+        f"dry run: would replay {count(len(would), 'dead letter')} to {_target(args)}"
+        f" ({_topic(args)}); would skip {count(len(skipped), 'poison message')};"
+        " nothing was changed"
     )
     return OK
 
@@ -203,7 +205,7 @@ async def replay_dead_letters(store: _Store, args: argparse.Namespace, console: 
         console.print(f"replayed {len(report.replayed)} to {_target(args)} ({_topic(args)})")
         if report.skipped:
             console.print(
-                f"skipped {len(report.skipped)} poison message(s): not events, left in place"
+                f"skipped {count(len(report.skipped), 'poison message')}: not events, left in place"
             )
         if report.failed:
             console.print(f"failed {len(report.failed)} (left in place):")
@@ -221,11 +223,11 @@ async def purge_dead_letters(store: _Store, args: argparse.Namespace, console: C
             raise UsageError(
                 "refusing to purge without confirmation: stdin is not a terminal; pass --yes"
             )
-        count = await queue.count(where)
-        if count == 0:
+        total = await queue.count(where)
+        if total == 0:
             console.print(f"nothing to purge: {_none(where)}")
             return OK
-        question = f"Purge {count} dead letter(s) ({describe_filter(where)}) for good?"
+        question = f"Purge {count(total, 'dead letter')} ({describe_filter(where)}) for good?"
         # Asked on the event loop's thread on purpose: nothing else runs meanwhile, and
         # Ctrl-C interrupts a read there at once (a worker thread would hold the exit).
         if not console.ask(question):
@@ -234,7 +236,7 @@ async def purge_dead_letters(store: _Store, args: argparse.Namespace, console: C
     if args.json:
         console.print(to_json({"purged": purged}))
     else:
-        console.print(f"purged {purged} dead letter(s)")
+        console.print(f"purged {count(purged, 'dead letter')}")
     return OK
 
 
@@ -244,7 +246,7 @@ async def outbox_status(store: object, args: argparse.Namespace, console: Consol
     console.print(to_json(status_document(status)) if args.json else status_fields(status))
     if status.blocked and not args.json:
         console.note(
-            f"{status.blocked} blocked row(s) hold back their keys: list them with"
+            f"{count(status.blocked, 'blocked row')} hold back their keys: list them with"
             " 'resilience-kit outbox blocked', then requeue with 'outbox replay'"
         )
     return OK
@@ -287,10 +289,10 @@ async def outbox_replay(store: object, args: argparse.Namespace, console: Consol
             )
         )
     else:
-        console.print(f"requeued {at_positions + blocked} row(s)")
+        console.print(f"requeued {count(at_positions + blocked, 'row')}")
         if missed:
             console.note(
-                f"{missed} of the {len(positions)} position(s) given were not requeued:"
+                f"{missed} of the {count(len(positions), 'position')} given were not requeued:"
                 " no such row, or it is pending or leased"
             )
     return FAILED if missed else OK

@@ -42,6 +42,16 @@ _ELLIPSIS = "…"
 _GAP = "  "
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """A number and its noun as a person writes them: ``1 dead letter``, ``2 dead letters``.
+
+    Examples:
+        >>> count(1, "row"), count(3, "poison message"), count(2, "id")
+        ('1 row', '3 poison messages', '2 ids')
+    """
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def safe(text: str, *, multiline: bool = False) -> str:
     r"""``text`` with control and invisible characters escaped (``\n`` kept if ``multiline``).
 
@@ -182,7 +192,7 @@ def describe_filter(where: DeadLetterFilter) -> str:
     if where.until is not None:
         parts.append(f"until={moment(where.until)}")
     if where.ids is not None:
-        parts.append(f"{len(where.ids)} id(s)")
+        parts.append(count(len(where.ids), "id"))
     return ", ".join(parts) or "every dead letter"
 
 

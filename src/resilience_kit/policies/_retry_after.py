@@ -61,7 +61,7 @@ def hint_seconds(value: object) -> float | None:
     # `import resilience_kit` from paying for datetime (and email) up front.
     datetime_module = sys.modules.get("datetime")
     if datetime_module is not None and isinstance(value, datetime_module.timedelta):
-        return max(0.0, value.total_seconds())
+        return max(0.0, float(value.total_seconds()))
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
