@@ -6,11 +6,14 @@
 - `Inbox`: de-duplication by event id, so effects happen once.
 - `DeadLetterQueue`: what was given up on, to list, replay or purge.
 - `ResilientConsumer`: de-duplicate, retry, dead-letter, keep consuming.
+- `Projection`: a read model folded from events, in versions: validated, rebuilt from
+  the event log beside the one serving, and switched in one step.
 - `idempotent` + `IdempotencyMiddleware`: run a call once per idempotency key; the
   Idempotency-Key header contract for any ASGI app.
 - The store protocols (`OutboxStore`, `DeadLetterStore`, `InboxStore`,
-  `IdempotencyStore`) and transport protocols (`Publisher`, `Subscriber`) that the
-  backends in `resilience_kit.stores` and `resilience_kit.transports` implement.
+  `IdempotencyStore`, `ProjectionStore`) and transport protocols (`Publisher`,
+  `Subscriber`) that the backends in `resilience_kit.stores` and
+  `resilience_kit.transports` implement.
 
 Examples:
     >>> from resilience_kit.messaging import Event
@@ -37,6 +40,10 @@ from resilience_kit.messaging._event import Event as Event
 from resilience_kit.messaging._idempotency import idempotent as idempotent
 from resilience_kit.messaging._inbox import Inbox as Inbox
 from resilience_kit.messaging._outbox import Outbox as Outbox
+from resilience_kit.messaging._projection import Projection as Projection
+from resilience_kit.messaging._projection import ProjectionStore as ProjectionStore
+from resilience_kit.messaging._projection import RebuildReport as RebuildReport
+from resilience_kit.messaging._projection import ValidationReport as ValidationReport
 from resilience_kit.messaging._protocols import DeadLetterStore as DeadLetterStore
 from resilience_kit.messaging._protocols import Delivery as Delivery
 from resilience_kit.messaging._protocols import IdempotencyStore as IdempotencyStore
@@ -82,11 +89,15 @@ __all__ = (
     "OutboxStatus",
     "OutboxStore",
     "Outcome",
+    "Projection",
+    "ProjectionStore",
     "Publisher",
+    "RebuildReport",
     "RelayReport",
     "ReplayReport",
     "ResilientConsumer",
     "Subscriber",
+    "ValidationReport",
     "idempotent",
 )
 
