@@ -320,7 +320,7 @@ async def test_a_version_left_by_an_interrupted_rebuild_is_dropped_by_the_next(
     assert await store.versions("orgs") == [3]
 
 
-async def test_an_in_place_rebuild_shows_a_partial_model_until_it_ends(
+async def test_an_in_place_rebuild_shows_a_partial_model_and_holds_live_events(
     store: ProjectionStore,
 ) -> None:
     clock = VirtualClock(auto_advance=False)
@@ -331,20 +331,50 @@ async def test_an_in_place_rebuild_shows_a_partial_model_until_it_ends(
     late = event("resource_created", 1)
     seen: list[int] = []
     report: list[RebuildReport] = []
+    handled_at: list[float] = []
 
     async def rebuild() -> None:
         report.append(await orgs.rebuild(history, batch=2, pause=1.0, in_place=True))
+
+    async def live() -> None:
+        await orgs.handle(late)
+        handled_at.append(clock.monotonic())
 
     async with clock.autojump():
         async with anyio.create_task_group() as group:
             group.start_soon(rebuild)
             await clock.asleep(0.5)
-            await orgs.handle(late)
+            group.start_soon(live)
+            await clock.asleep(0.5)
             seen.append((await orgs.get("org:1"))["resources"])
     assert seen[0] < len(history)  # readers saw a partial model
+    assert handled_at[0] >= 2.0  # the live event waited for the replay
     assert report[0].new_version == report[0].old_version == 1
-    assert report[0].live == 1
     assert await orgs.rows() == independent_fold([*history, late])
+
+
+async def test_a_projection_keeps_its_own_log_and_rebuilds_from_it(
+    store: ProjectionStore,
+) -> None:
+    orgs = Projection("orgs", store=store, keys=keys, apply=apply, keep_log=True)
+    events = some_events(12)
+    for item in events:
+        await orgs.handle(item)
+        await orgs.handle(item)  # a redelivery is neither applied nor logged twice
+    assert [item.id async for item in orgs.log(page=5)] == [item.id for item in events]
+    await corrupt(store, 1, "org:1", {"members": ["mallory"], "resources": 0})
+    assert not (await orgs.validate(events=orgs.log())).ok
+    report = await orgs.rebuild(orgs.log())
+    assert report.replayed == 12
+    assert await orgs.rows() == independent_fold(events)
+    assert [item.id async for item in orgs.log()] == [item.id for item in events]
+
+
+async def test_reading_the_log_of_a_projection_without_one_is_refused() -> None:
+    orgs = projection(MemoryProjectionStore())
+    with pytest.raises(ConfigurationError) as caught:
+        [item async for item in orgs.log()]
+    assert caught.value.parameter == "keep_log"
 
 
 async def test_an_async_log_is_read_lazily(store: ProjectionStore) -> None:
@@ -491,7 +521,7 @@ def test_a_rebuilt_model_equals_an_independent_fold_of_every_event(
     async def main() -> None:
         clock = VirtualClock(auto_advance=False)
         store = MemoryProjectionStore()
-        orgs = projection(store, clock)
+        orgs = Projection("orgs", store=store, keys=keys, apply=apply, keep_log=True, clock=clock)
         for item in history:
             await orgs.handle(item)
         version = await orgs._current()
@@ -500,7 +530,9 @@ def test_a_rebuilt_model_equals_an_independent_fold_of_every_event(
         log = list(history)
 
         async def rebuild() -> None:
-            await orgs.rebuild(list(log), batch=batch, pause=1.0, validate=False, in_place=in_place)
+            await orgs.rebuild(
+                orgs.log(), batch=batch, pause=1.0, validate=False, in_place=in_place
+            )
 
         async with clock.autojump():
             async with anyio.create_task_group() as group:
@@ -511,5 +543,6 @@ def test_a_rebuilt_model_equals_an_independent_fold_of_every_event(
                     await orgs.handle(item)
         assert await orgs.rows() == independent_fold(log)
         assert await store.versions("orgs") == [orgs.version]
+        assert [item.id async for item in orgs.log()] == [item.id for item in log]
 
     anyio.run(main, backend=backend)

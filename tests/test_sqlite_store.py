@@ -138,6 +138,7 @@ def test_migration_is_idempotent_and_recorded(store: SQLiteStore, path: Path) ->
         "rk_projection_versions",
         "rk_projection_rows",
         "rk_projection_applied",
+        "rk_projection_log",
         "sqlite_sequence",  # AUTOINCREMENT: outbox positions are never reused
     }
 

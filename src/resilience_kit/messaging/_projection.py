@@ -9,16 +9,20 @@ made active in one step, so readers never see a half-built model.
 
 The fold is pure and the store is a protocol (`ProjectionStore`): the decisions — which
 rows an event touches and what they become — are the user's two functions, and every
-backend applies them the same way, one event per transaction, once per version.
+backend applies them the same way, one event per transaction, once per version. With
+``keep_log=True`` the same transaction appends the event to the projection's own event
+log, so the model, its log and its record of applied events never disagree.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+import anyio
 
 from resilience_kit._checks import check_int, check_name, check_positive
 from resilience_kit.clock import Clock, resolve_clock
@@ -50,7 +54,8 @@ class ProjectionStore(Protocol):
     active. Each version records the ids of the events applied to it, so an event is
     applied to a version at most once; `apply` reads the rows, calls ``update`` and
     writes its result in one transaction, so concurrent events on shared rows never
-    lose an update.
+    lose an update. Each name also has an append-only event log (positions from 1),
+    written by `apply` when given a ``record``.
 
     Implemented by `resilience_kit.stores.memory.MemoryProjectionStore` and
     ``SQLiteStore(...).projections``.
@@ -81,13 +86,26 @@ class ProjectionStore(Protocol):
         ...
 
     async def apply(
-        self, name: str, version: int, event_id: str, keys: Sequence[str], update: Update
+        self,
+        name: str,
+        version: int,
+        event_id: str,
+        keys: Sequence[str],
+        update: Update,
+        *,
+        record: bytes | None = None,
     ) -> bool:
         """Apply one event to ``version`` in one transaction; False if it was applied before.
 
         Reads the rows ``keys`` that exist, calls ``update`` with them, writes the
-        mapping it returns (``None`` deletes a row) and records ``event_id``.
+        mapping it returns (``None`` deletes a row) and records ``event_id``. With a
+        ``record`` (the event's bytes), also appends it to the log of ``name``, unless
+        the log holds ``event_id`` already.
         """
+        ...
+
+    async def read_log(self, name: str, *, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` entries of the log of ``name`` after position ``after``, in order."""
         ...
 
     async def get(self, name: str, version: int, key: str) -> Any | None:
@@ -158,6 +176,7 @@ class _Build:
     version: int
     in_place: bool
     pending: deque[Event] = field(default_factory=deque)
+    done: anyio.Event = field(default_factory=anyio.Event)
 
 
 class Projection:
@@ -177,6 +196,9 @@ class Projection:
       the new version after the replay, in their order; the new version is validated
       and, if valid, made active in one step, and the old one dropped.
 
+    With ``keep_log=True``, `handle` also appends each event to the projection's own
+    log in the same transaction; `log` reads it back, for `rebuild` and `validate`.
+
     Use one `Projection` object per read model in a process, where its events are
     handled: the rebuild hands live events over to the new version through it.
 
@@ -186,6 +208,7 @@ class Projection:
         keys: the rows an event touches.
         apply: the new values of those rows.
         invariants: checks run by `validate`, each given every row, returning problems.
+        keep_log: keep an event log of the events handled, in the store.
         clock: the clock `rebuild` paces itself on (default: the system clock).
 
     Raises:
@@ -231,6 +254,7 @@ class Projection:
         keys: KeysOf,
         apply: Fold,
         invariants: Sequence[Invariant] = (),
+        keep_log: bool = False,
         clock: Clock | None = None,
     ) -> None:
         self.name = check_name("name", name)
@@ -248,6 +272,7 @@ class Projection:
         self._keys = keys
         self._apply = apply
         self._invariants = tuple(invariants)
+        self.keep_log = bool(keep_log)
         self._clock = clock
         self._active: int | None = None
         self._loaded = False
@@ -327,28 +352,50 @@ class Projection:
                 self._active, self._loaded = active, True
         return self._active  # type: ignore[return-value]  # set with _loaded
 
-    async def _apply_to(self, version: int, event: Event) -> bool:
+    async def _apply_to(self, version: int, event: Event, *, live: bool = False) -> bool:
         keys = self._keys_of(event)
+        record = event.to_json() if live and self.keep_log else None
         return await self.store.apply(
-            self.name, version, str(event.id), keys, self._update(event, keys)
+            self.name, version, str(event.id), keys, self._update(event, keys), record=record
         )
 
     async def handle(self, event: Event) -> bool:
         """Apply a live event to the active version; False if it was applied before.
 
-        During a `rebuild` the event is also queued for the new version (an in-place
-        rebuild only queues it). Exceptions of the fold or the store propagate, so a
-        consumer retries or dead-letters the event.
+        During a `rebuild` the event is also queued for the new version; during an
+        in-place rebuild it waits for the replay to end. Exceptions of the fold or the
+        store propagate, so a consumer retries or dead-letters the event.
         """
-        active = await self._current()
         build = self._build
+        if build is not None and build.in_place:
+            await build.done.wait()  # the model is being replayed in place: wait our turn
+            build = self._build
+        active = await self._current()
         if build is not None:
             # Queued before applying: a rebuild switches only with an empty queue, so no
             # event that started here before the switch can miss the new version.
             build.pending.append(event)
-            if build.in_place:
-                return True
-        return await self._apply_to(active, event)
+        return await self._apply_to(active, event, live=True)
+
+    async def log(self, *, page: int = 500) -> AsyncIterator[Event]:
+        """The projection's event log, oldest first, read in pages (``keep_log=True``).
+
+        Pass it to `rebuild` and `validate`. Events appended while it is read are read
+        too.
+
+        Raises:
+            ConfigurationError: the projection keeps no log, or ``page`` < 1.
+        """
+        if not self.keep_log:
+            raise ConfigurationError("keep_log", "is False: this projection keeps no log")
+        check_int("page", page, minimum=1)
+        position = 0
+        while True:
+            entries = await self.store.read_log(self.name, after=position, limit=page)
+            if not entries:
+                return
+            for position, data in entries:  # noqa: B007 - the next page starts after it
+                yield Event.from_json(data)
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value of row ``key`` in the active version (``default`` when absent)."""
@@ -446,7 +493,7 @@ class Projection:
 
         ``in_place=True`` clears the active version and replays into it instead: for
         storage that cannot hold two copies, at the price of readers seeing a partial
-        model until the replay ends. Live events then wait for the end of the replay.
+        model until the replay ends. `handle` then waits for the end of the replay.
 
         Args:
             events: the event log, oldest first, holding at least every event handled
@@ -489,21 +536,21 @@ class Projection:
         check_positive("pause", pause, allow_zero=True)
         if self._build is not None:
             raise RuntimeError(f"a rebuild of projection {self.name!r} is already running")
-        old = await self._current()
-        build = _Build(old, in_place=True) if in_place else None
-        self._build = build or _Build(0, in_place=False)  # claimed before the next await
+        build = self._build = _Build(0, in_place=in_place)  # claimed before any await
         try:
+            old = build.version = await self._current()
             for stale in await self.store.versions(self.name):
                 if stale != old:
                     await self.store.drop(self.name, stale)
             if in_place:
                 await self.store.clear(self.name, old)
             else:
-                self._build.version = await self.store.create(self.name)
+                build.version = await self.store.create(self.name)
             return await self._replay(
-                old, self._build, events, batch=batch, pause=pause, validate=validate
+                old, build, events, batch=batch, pause=pause, validate=validate
             )
         finally:
+            build.done.set()
             self._build = None
 
     async def _replay(

@@ -42,6 +42,8 @@ class MemoryProjectionStore:
         self._versions: dict[str, dict[int, _Version]] = {}
         self._active: dict[str, int] = {}
         self._last: dict[str, int] = {}
+        self._logs: dict[str, list[tuple[str, bytes]]] = {}
+        self._logged: dict[str, set[str]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryProjectionStore({len(self._versions)} projections)"
@@ -85,9 +87,16 @@ class MemoryProjectionStore:
             del self._active[name]
 
     async def apply(
-        self, name: str, version: int, event_id: str, keys: Sequence[str], update: Update
+        self,
+        name: str,
+        version: int,
+        event_id: str,
+        keys: Sequence[str],
+        update: Update,
+        *,
+        record: bytes | None = None,
     ) -> bool:
-        """Apply one event to ``version``; False if it was applied before."""
+        """Apply one event to ``version`` (and log ``record``); False if applied before."""
         found = self._version(name, version)
         if event_id in found.applied:
             return False
@@ -100,7 +109,16 @@ class MemoryProjectionStore:
             else:
                 found.rows[key] = text
         found.applied.add(event_id)
+        logged = self._logged.setdefault(name, set())
+        if record is not None and event_id not in logged:
+            logged.add(event_id)
+            self._logs.setdefault(name, []).append((event_id, bytes(record)))
         return True
+
+    async def read_log(self, name: str, *, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` log entries after position ``after`` (positions from 1)."""
+        entries = self._logs.get(name, [])[after : after + limit]
+        return [(after + number, data) for number, (_, data) in enumerate(entries, start=1)]
 
     async def get(self, name: str, version: int, key: str) -> Any | None:
         """The value of one row, or None."""

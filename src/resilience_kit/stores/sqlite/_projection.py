@@ -22,7 +22,8 @@ class SQLiteProjectionStore:
 
     Versions are rows of ``rk_projection_versions`` (``state``: building, active or
     dropped; a dropped version's number is never reused), values JSON text in
-    ``rk_projection_rows``, applied event ids in ``rk_projection_applied``. `apply` and
+    ``rk_projection_rows``, applied event ids in ``rk_projection_applied``, the event
+    log in ``rk_projection_log``. `apply` and
     `activate` are one write transaction each; `snapshot` one read transaction.
     """
 
@@ -124,9 +125,16 @@ class SQLiteProjectionStore:
         await self._db.call(drop, write=True)
 
     async def apply(
-        self, name: str, version: int, event_id: str, keys: Sequence[str], update: Update
+        self,
+        name: str,
+        version: int,
+        event_id: str,
+        keys: Sequence[str],
+        update: Update,
+        *,
+        record: bytes | None = None,
     ) -> bool:
-        """Apply one event to ``version`` in one write transaction; False if done before."""
+        """Apply one event (and log ``record``) in one transaction; False if done before."""
 
         def apply(connection: sqlite3.Connection) -> bool:
             marked = connection.execute(
@@ -160,9 +168,28 @@ class SQLiteProjectionStore:
                         " DO UPDATE SET value = excluded.value",
                         (name, version, key, text),
                     )
+            if record is not None:
+                connection.execute(
+                    "INSERT OR IGNORE INTO rk_projection_log (name, event_id, data)"
+                    " VALUES (?, ?, ?)",
+                    (name, event_id, record),
+                )
             return True
 
         return await self._db.call(apply, write=True)
+
+    async def read_log(self, name: str, *, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` log entries of ``name`` after position ``after``, in order."""
+
+        def read(connection: sqlite3.Connection) -> list[tuple[int, bytes]]:
+            rows = connection.execute(
+                "SELECT position, data FROM rk_projection_log"
+                " WHERE name = ? AND position > ? ORDER BY position LIMIT ?",
+                (name, after, limit),
+            )
+            return [(int(position), bytes(data)) for position, data in rows]
+
+        return await self._db.call(read, write=False)
 
     async def get(self, name: str, version: int, key: str) -> Any | None:
         """The value of one row, or None."""

@@ -103,9 +103,9 @@ _V1 = (
     "CREATE INDEX rk_idempotency_expires_at ON rk_idempotency (expires_at)",
 )
 
-# Projection read models (messaging.Projection): versions, their rows (JSON text) and
-# the ids of the events applied to each version. A version's number is never reused:
-# a dropped version keeps its row, state 'dropped'.
+# Projection read models (messaging.Projection): versions, their rows (JSON text), the
+# ids of the events applied to each version, and each projection's event log. A
+# version's number is never reused: a dropped version keeps its row, state 'dropped'.
 _V2 = (
     """
     CREATE TABLE rk_projection_versions (
@@ -132,6 +132,16 @@ _V2 = (
         event_id TEXT NOT NULL,
         PRIMARY KEY (name, version, event_id)
     ) WITHOUT ROWID
+    """,
+    # A projection's own event log: positions never reused (AUTOINCREMENT), an event once.
+    """
+    CREATE TABLE rk_projection_log (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        name     TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        data     BLOB NOT NULL,
+        UNIQUE (name, event_id)
+    )
     """,
 )
 
