@@ -126,6 +126,18 @@ async def test_live_events_build_the_model_the_events_make(store: ProjectionStor
     assert await orgs.get("org:99", "absent") == "absent"
 
 
+async def test_the_first_events_arriving_together_create_one_version(
+    store: ProjectionStore,
+) -> None:
+    orgs = projection(store)
+    events = [event("resource_created", number % 4) for number in range(8)]  # any order
+    async with anyio.create_task_group() as group:
+        for item in events:
+            group.start_soon(orgs.handle, item)
+    assert await store.versions("orgs") == [1]
+    assert await orgs.rows() == independent_fold(events)
+
+
 async def test_an_event_is_applied_once_per_version(store: ProjectionStore) -> None:
     orgs = projection(store)
     added = event("resource_created", 1)

@@ -276,6 +276,7 @@ class Projection:
         self._clock = clock
         self._active: int | None = None
         self._loaded = False
+        self._loading = anyio.Lock()
         self._build: _Build | None = None
 
     def __repr__(self) -> str:
@@ -344,12 +345,13 @@ class Projection:
 
     async def _current(self) -> int:
         if not self._loaded:
-            active = await self.store.active(self.name)
-            if active is None:
-                active = await self.store.create(self.name)
-                await self.store.activate(self.name, active)
-            if not self._loaded:  # another task may have loaded it meanwhile
-                self._active, self._loaded = active, True
+            async with self._loading:  # the first events arrive together: one creates v1
+                if not self._loaded:
+                    active = await self.store.active(self.name)
+                    if active is None:
+                        active = await self.store.create(self.name)
+                        await self.store.activate(self.name, active)
+                    self._active, self._loaded = active, True
         return self._active  # type: ignore[return-value]  # set with _loaded
 
     async def _apply_to(self, version: int, event: Event, *, live: bool = False) -> bool:
