@@ -260,7 +260,7 @@ class VirtualClock:
         while True:
             # A few checkpoints first let chains of wake-ups run to their end; asyncio's
             # wait_all_tasks_blocked pays a real 0.1 s pause whenever it sees a runnable task.
-            for _ in range(4):
+            for _ in range(32):
                 await anyio.lowlevel.checkpoint()
             # Threads first: a task whose thread has just finished is runnable, and asking
             # wait_all_tasks_blocked then would cost its real 0.1 s pause on asyncio.

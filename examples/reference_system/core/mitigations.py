@@ -14,6 +14,10 @@ KNOWN: dict[str, str] = {
     "fail-closed": "the gateway lets locally valid tokens through when the validator is down",
     "multi-version": "a deploy replaces the signing key at once instead of the four-step rotation",
     "retries": "database and HTTP calls are tried once",
+    "parallel-consumers": "Analytics handles each topic in one lane instead of 8 per-key lanes",
+    "lag-monitoring": "Analytics exposes no lag gauge and no lag checks in /health/ready",
+    "validation": "Analytics never checks its read model (invariants, sample vs the event log)",
+    "versioned-rebuild": "Analytics rebuilds its read model in place: readers see it half-built",
 }
 
 

@@ -53,6 +53,7 @@ class System:
         self.stores: dict[str, SQLiteStore] = {}
         self.relays: dict[str, OutboxRelay] = {}
         self.services: dict[str, list[Service]] = {}
+        self._group: anyio.abc.TaskGroup | None = None  # set while running
 
     @property
     def workdir(self) -> Path:
@@ -91,6 +92,8 @@ class System:
                 poll_interval=30.0,
                 clock=self.clock,
             )
+            if self._group is not None:  # added by a drill, after the start
+                self._group.start_soon(self.relays[service].run)
         return self.stores[service]
 
     def add(
@@ -118,6 +121,8 @@ class System:
             assert self.network.add(service, replica.app) == host
             self.services[service].append(replica)
             created.append(replica)
+            if self._group is not None:  # added by a drill, after the start: run it now
+                self._group.start_soon(replica.run)
         return created
 
     def workload(self, *, deadline: float = 30.0) -> Workload:
@@ -177,9 +182,11 @@ class System:
                 for replica in replicas:
                     await group.start(replica.run)
             await group.start(self.monitor)
+            self._group = group
             try:
                 yield self
             finally:
+                self._group = None
                 group.cancel_scope.cancel()
 
     def _close_stores(self) -> None:

@@ -4,4 +4,5 @@ To add a drill module, create ``drills/<service>.py`` with functions decorated b
 `reference_system.core.drill.drill`, and import it here.
 """
 
+from . import analytics as analytics
 from . import identity as identity
