@@ -39,14 +39,15 @@ Routes: ``GET /orgs/{org_id}/stats``, ``GET /stats/totals``, ``GET /admin/read-m
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any
 from uuid import UUID
 
 import anyio
 import anyio.abc
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.metrics import MeterProvider, Observation
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -241,15 +242,17 @@ class Analytics(Service):
                 if meter_provider is not None
                 else self.meter
             )
+            # Callbacks hold the service weakly: a meter provider outlives the service.
+            this = weakref.ref(self)
             meter.create_observable_gauge(
                 "analytics.consumer.lag",
-                callbacks=[self._observe_lag],
+                callbacks=[lambda _: _observe(this, "backlog")],
                 unit="{event}",
                 description="events of Analytics' topics not yet acknowledged by its group",
             )
             meter.create_observable_gauge(
                 "analytics.consumer.lag_age",
-                callbacks=[self._observe_age],
+                callbacks=[lambda _: _observe(this, "oldest_age")],
                 unit="s",
                 description="age of the oldest event Analytics has in hand",
             )
@@ -285,12 +288,6 @@ class Analytics(Service):
         if not self._in_hand:
             return 0.0
         return max(0.0, self.ctx.clock.time() - min(self._in_hand.values()))
-
-    def _observe_lag(self, _: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(self.backlog(), {"service": self.ctx.service})]
-
-    def _observe_age(self, _: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(self.oldest_age(), {"service": self.ctx.service})]
 
     def readiness(self) -> list[HealthCheck]:
         checks = [
@@ -408,6 +405,8 @@ class Analytics(Service):
         return JSONResponse({"started": True}, status_code=202)
 
 
-def occurred(clock_time: float) -> datetime:
-    """An event's ``occurred_at`` from a clock's wall time."""
-    return datetime.fromtimestamp(clock_time, timezone.utc)
+def _observe(service: weakref.ref[Analytics], reading: str) -> Iterable[Observation]:
+    found = service()
+    if found is None:
+        return []
+    return [Observation(getattr(found, reading)(), {"service": found.ctx.service})]

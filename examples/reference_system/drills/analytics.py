@@ -242,7 +242,8 @@ def _metric_reader() -> Any:
     except ImportError:  # the SDK is a test dependency, not the reference extra's
         return None, None
     reader = InMemoryMetricReader()
-    return reader, MeterProvider(metric_readers=[reader])
+    # Not shut down at exit: an atexit hook would keep it, and what it observes, alive.
+    return reader, MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
 
 
 def _lag_points(reader: Any) -> list[float]:
@@ -326,6 +327,8 @@ async def processing_lag(system: System) -> DrillResult:
         group.start_soon(readers)
         group.start_soon(dashboard)
     await system.sleep(16.0)  # one more monitor round: it sees the lag gone
+    if provider is not None:
+        provider.shutdown()
 
     result = DrillResult()
     fill(result, system.log, "stats")
