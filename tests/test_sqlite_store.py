@@ -139,6 +139,10 @@ def test_migration_is_idempotent_and_recorded(store: SQLiteStore, path: Path) ->
         "rk_dead_letters",
         "rk_inbox",
         "rk_idempotency",
+        "rk_projection_versions",
+        "rk_projection_rows",
+        "rk_projection_applied",
+        "rk_projection_log",
         "sqlite_sequence",  # AUTOINCREMENT: outbox positions are never reused
     }
 

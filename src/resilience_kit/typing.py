@@ -5,7 +5,7 @@ it (`resilience_kit.policies`, `.messaging`, `.caching`, `.security`, `.clock`),
 ``isinstance`` checks and annotations agree whichever path a name was imported by.
 
 - Store protocols a backend implements: `BreakerStore`, `CacheStore`, `OutboxStore`,
-  `DeadLetterStore`, `InboxStore`, `IdempotencyStore`, `KeySource`; the transport
+  `DeadLetterStore`, `InboxStore`, `IdempotencyStore`, `ProjectionStore`, `KeySource`; the transport
   protocols `Publisher` and `Subscriber`; the time protocols `Clock` and `TimerClock`.
 - The records they take and return: `BreakerRecord`, `CacheRecord`, `OutboxEntry`,
   `OutboxMessage`, `OutboxStatus`, `BlockedRow`, `DeadLetter`, `DeadLetterFilter`,
@@ -46,6 +46,7 @@ from resilience_kit.messaging import OutboxMessage as OutboxMessage
 from resilience_kit.messaging import OutboxStatus as OutboxStatus
 from resilience_kit.messaging import OutboxStore as OutboxStore
 from resilience_kit.messaging import Outcome as Outcome
+from resilience_kit.messaging import ProjectionStore as ProjectionStore
 from resilience_kit.messaging import Publisher as Publisher
 from resilience_kit.messaging import RelayReport as RelayReport
 from resilience_kit.messaging import ReplayReport as ReplayReport
@@ -89,6 +90,7 @@ __all__ = (
     "OutboxStore",
     "Outcome",
     "Policy",
+    "ProjectionStore",
     "Publisher",
     "RelayReport",
     "ReplayReport",

@@ -45,6 +45,10 @@ KNOWN: dict[str, str] = {
     "bus refuses is lost",
     "backoff": "the relay retries a failed publish every 0.5 s instead of backing off "
     "exponentially",
+    "parallel-consumers": "Analytics handles each topic in one lane instead of 8 per-key lanes",
+    "lag-monitoring": "Analytics exposes no lag gauge and no lag checks in /health/ready",
+    "validation": "Analytics never checks its read model (invariants, sample vs the event log)",
+    "versioned-rebuild": "Analytics rebuilds its read model in place: readers see it half-built",
 }
 
 

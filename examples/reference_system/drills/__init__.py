@@ -4,6 +4,7 @@ To add a drill module, create ``drills/<service>.py`` with functions decorated b
 `reference_system.core.drill.drill`, and import it here.
 """
 
+from . import analytics as analytics
 from . import audit as audit
 from . import identity as identity
 from . import notification as notification

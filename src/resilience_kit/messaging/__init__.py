@@ -10,11 +10,14 @@
   failed batches without losing an item.
 - `Saga` + `SagaStep`: steps across services, each with a compensation; on a failure
   the steps done are undone in reverse order; resumable from a `SagaJournal`.
+- `Projection`: a read model folded from events, in versions: validated, rebuilt from
+  the event log beside the one serving, and switched in one step.
 - `idempotent` + `IdempotencyMiddleware`: run a call once per idempotency key; the
   Idempotency-Key header contract for any ASGI app.
 - The store protocols (`OutboxStore`, `DeadLetterStore`, `InboxStore`,
-  `IdempotencyStore`) and transport protocols (`Publisher`, `Subscriber`) that the
-  backends in `resilience_kit.stores` and `resilience_kit.transports` implement.
+  `IdempotencyStore`, `ProjectionStore`) and transport protocols (`Publisher`,
+  `Subscriber`) that the backends in `resilience_kit.stores` and
+  `resilience_kit.transports` implement.
 
 Examples:
     >>> from resilience_kit.messaging import Event
@@ -44,6 +47,10 @@ from resilience_kit.messaging._event import Event as Event
 from resilience_kit.messaging._idempotency import idempotent as idempotent
 from resilience_kit.messaging._inbox import Inbox as Inbox
 from resilience_kit.messaging._outbox import Outbox as Outbox
+from resilience_kit.messaging._projection import Projection as Projection
+from resilience_kit.messaging._projection import ProjectionStore as ProjectionStore
+from resilience_kit.messaging._projection import RebuildReport as RebuildReport
+from resilience_kit.messaging._projection import ValidationReport as ValidationReport
 from resilience_kit.messaging._protocols import DeadLetterStore as DeadLetterStore
 from resilience_kit.messaging._protocols import Delivery as Delivery
 from resilience_kit.messaging._protocols import IdempotencyStore as IdempotencyStore
@@ -100,7 +107,10 @@ __all__ = (
     "OutboxStatus",
     "OutboxStore",
     "Outcome",
+    "Projection",
+    "ProjectionStore",
     "Publisher",
+    "RebuildReport",
     "RelayReport",
     "ReplayReport",
     "ResilientConsumer",
@@ -111,6 +121,7 @@ __all__ = (
     "SagaStatus",
     "SagaStep",
     "Subscriber",
+    "ValidationReport",
     "WriterStats",
     "idempotent",
     "saga_plan",

@@ -26,12 +26,14 @@ from resilience_kit.stores.memory._dead_letters import MemoryDeadLetterStore
 from resilience_kit.stores.memory._idempotency import MemoryIdempotencyStore
 from resilience_kit.stores.memory._inbox import MemoryInboxStore
 from resilience_kit.stores.memory._outbox import MemoryOutboxStore
+from resilience_kit.stores.memory._projection import MemoryProjectionStore as MemoryProjectionStore
 from resilience_kit.stores.memory._transaction import MemoryTransaction
 
 __all__ = (
     "InMemoryBreakerStore",
     "InMemoryCacheStore",
     "MemoryIdempotencyStore",
+    "MemoryProjectionStore",
     "MemoryStore",
     "MemoryTransaction",
 )

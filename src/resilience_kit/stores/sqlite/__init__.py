@@ -12,7 +12,7 @@ Examples:
     ...     with SQLiteStore(os.path.join(directory, "app.db")) as store:
     ...         store.migrate()
     ...         sorted(name for name in vars(store) if not name.startswith("_"))
-    ['dead_letters', 'idempotency', 'inbox', 'outbox']
+    ['dead_letters', 'idempotency', 'inbox', 'outbox', 'projections']
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from resilience_kit.stores.sqlite._dead_letters import SQLiteDeadLetterStore
 from resilience_kit.stores.sqlite._idempotency import SQLiteIdempotencyStore
 from resilience_kit.stores.sqlite._inbox import SQLiteInboxStore
 from resilience_kit.stores.sqlite._outbox import SQLiteOutboxStore
+from resilience_kit.stores.sqlite._projection import SQLiteProjectionStore
 
 __all__ = ("SQLiteStore",)
 
@@ -60,7 +61,8 @@ class SQLiteStore:
 
     The components are attributes: ``outbox`` (an `OutboxStore`), ``dead_letters``
     (a `DeadLetterStore`), ``inbox`` (an `InboxStore`) and ``idempotency`` (an
-    `IdempotencyStore`). Their tables are prefixed ``rk_`` and can live in the
+    `IdempotencyStore`) and ``projections`` (a `ProjectionStore`, for
+    `resilience_kit.messaging.Projection`). Their tables are prefixed ``rk_`` and can live in the
     application's own database. The library owns the schema: `migrate` creates or
     upgrades it (the components also run it on first use, unless ``auto_migrate`` is
     off). The database runs in WAL
@@ -136,6 +138,7 @@ class SQLiteStore:
         self.dead_letters = SQLiteDeadLetterStore(self._db)
         self.inbox = SQLiteInboxStore(self._db)
         self.idempotency = SQLiteIdempotencyStore(self._db)
+        self.projections = SQLiteProjectionStore(self._db)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self._path!r})"
@@ -169,7 +172,7 @@ class SQLiteStore:
             ...         connection = store.connect()
             ...         connection.execute("SELECT max(version) FROM rk_schema_version").fetchone()
             ...         connection.close()
-            (1,)
+            (2,)
         """
         self._db.migrate()
 

@@ -103,7 +103,49 @@ _V1 = (
     "CREATE INDEX rk_idempotency_expires_at ON rk_idempotency (expires_at)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+# Projection read models (messaging.Projection): versions, their rows (JSON text), the
+# ids of the events applied to each version, and each projection's event log. A
+# version's number is never reused: a dropped version keeps its row, state 'dropped'.
+_V2 = (
+    """
+    CREATE TABLE rk_projection_versions (
+        name    TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        state   TEXT NOT NULL DEFAULT 'building'
+                CHECK (state IN ('building', 'active', 'dropped')),
+        PRIMARY KEY (name, version)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE rk_projection_rows (
+        name    TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        key     TEXT NOT NULL,
+        value   TEXT NOT NULL,
+        PRIMARY KEY (name, version, key)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE rk_projection_applied (
+        name     TEXT NOT NULL,
+        version  INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        PRIMARY KEY (name, version, event_id)
+    ) WITHOUT ROWID
+    """,
+    # A projection's own event log: positions never reused (AUTOINCREMENT), an event once.
+    """
+    CREATE TABLE rk_projection_log (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        name     TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        data     BLOB NOT NULL,
+        UNIQUE (name, event_id)
+    )
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 """Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``."""
 
 LATEST = len(MIGRATIONS)
