@@ -691,6 +691,80 @@ class TestBothPaths:
         assert recorder.events[0].at == opened_at
         assert recorder.events[1].at == opened_at + 10.0
 
+    # -- what mutation testing found unguarded ------------------------------------------
+
+    @pytest.mark.anyio
+    async def test_an_uncounted_probe_gives_back_exactly_one_permit(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        breaker = breaker_on(clock, ignore_on=NotOurProblem)
+        await self.open_it(caller, breaker)
+        clock.advance(10.0)
+
+        async def fourth_probe() -> None:
+            await caller.rejected(breaker)  # two probes in flight: no third
+
+        async def meanwhile() -> None:
+            with pytest.raises(NotOurProblem):  # the second probe, uncounted
+                await caller.call(breaker, exc=NotOurProblem())
+            await caller.call(breaker, inside=caller.nested(fourth_probe))
+
+        await caller.call(breaker, inside=caller.nested(meanwhile))  # the first probe
+        assert breaker.state is CLOSED
+
+    @pytest.mark.anyio
+    async def test_a_slow_probe_leaves_the_verdict_open_at_a_slow_threshold_of_one(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        recorder = Recorder()
+        breaker = breaker_on(
+            clock,
+            failure_rate_threshold=1.0,  # failures cannot decide: only the slow rate can
+            slow_call_duration=1.0,
+            slow_call_rate_threshold=1.0,
+            listeners=[recorder],
+        )
+        await self.open_it(caller, breaker)
+        clock.advance(10.0)
+        await caller.ok(breaker, takes=1.0)
+        assert breaker.state is HALF_OPEN  # a second slow probe would make it 2 of 2
+        await caller.ok(breaker, takes=1.0)
+        assert breaker.state is OPEN
+        assert recorder.events[-1].reason == "2 of 2 probes were slow"
+
+    @pytest.mark.anyio
+    async def test_a_slow_success_in_a_full_clean_window_is_recorded(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        breaker = breaker_on(
+            clock, window=2, minimum_calls=2, slow_call_duration=1.0, slow_call_rate_threshold=0.5
+        )
+        await caller.ok(breaker)
+        await caller.ok(breaker)  # full and clean
+        await caller.ok(breaker, takes=1.0)
+        assert breaker.state is OPEN
+
+    @pytest.mark.anyio
+    async def test_a_success_in_a_full_window_with_a_failure_is_recorded(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        breaker = breaker_on(clock, window=2, minimum_calls=2, failure_rate_threshold=1.0)
+        await caller.fail(breaker)
+        await caller.ok(breaker)  # full, one failure
+        await caller.ok(breaker)  # pushes the failure out
+        assert breaker.metrics().failed_calls == 0
+
+    @pytest.mark.anyio
+    async def test_successes_count_again_after_a_reset(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        breaker = breaker_on(clock, window=2, minimum_calls=2)
+        await caller.ok(breaker)
+        await caller.ok(breaker)  # full and clean
+        breaker.reset()
+        await caller.ok(breaker)
+        assert breaker.metrics().calls == 1
+
     # -- METRICS_ONLY: a threshold reached is reported ------------------------------------
 
     @pytest.mark.anyio
