@@ -79,6 +79,22 @@ class ThresholdExceeded:
         rate: that rate over the window.
         calls: the calls in the window.
         reason: in a few words, as a transition would give it.
+
+    Examples:
+        >>> from resilience_kit.testing import VirtualClock
+        >>> seen = []
+        >>> breaker = CircuitBreaker(
+        ...     "x", window=2, minimum_calls=2, threshold_listeners=[seen.append],
+        ...     clock=VirtualClock(),
+        ... )
+        >>> breaker.metrics_only()
+        >>> for _ in range(2):
+        ...     try:
+        ...         breaker.call(lambda: 1 / 0)
+        ...     except ZeroDivisionError:
+        ...         pass
+        >>> seen[0].threshold, seen[0].rate, seen[0].calls
+        ('failure_rate', 1.0, 2)
     """
 
     breaker: str

@@ -167,6 +167,13 @@ class RedisBreakerStore:
         Returns:
             ``True`` if the round trip completed; ``False`` if Redis did not answer in
             time (the breakers keep their local state).
+
+        Examples:
+            ```python
+            store = RedisBreakerStore(url="redis://localhost:6379/0")
+            billing = CircuitBreaker("billing", store=store)
+            store.sync()  # billing now has the fleet's state (OPEN, say)
+            ```
         """
         done = threading.Event()
         with self._lock:
