@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import inspect
 import logging
@@ -1206,6 +1207,50 @@ def test_a_late_notification_for_a_collected_breaker_is_dropped(clock: VirtualCl
     gc.collect()
     assert ref() is None
     store.callbacks[0](BreakerRecord(OPEN, 7, 0.0, 10.0, 1))  # nothing to notify: no error
+
+
+class EchoingStore(InMemoryBreakerStore):
+    """Tells its subscribers of a record as if another instance had written it too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._subscribers_of: list[Callable[[BreakerRecord], None]] = []
+
+    def subscribe(self, name: str, callback: Callable[[BreakerRecord], None]) -> Callable[[], None]:
+        self._subscribers_of.append(callback)
+        return super().subscribe(name, callback)
+
+    def echo(self, record: BreakerRecord) -> None:
+        for callback in self._subscribers_of:
+            callback(record)
+
+
+@pytest.mark.parametrize("state", [CLOSED, HALF_OPEN])
+def test_the_same_change_from_another_instance_keeps_the_counts(
+    clock: VirtualClock, state: CircuitState
+) -> None:
+    store = EchoingStore()
+    recorder = Recorder()
+    breaker = breaker_on(clock, name="x", store=store, listeners=[recorder])
+    if state is HALF_OPEN:
+        for _ in range(4):
+            with pytest.raises(Boom):
+                breaker.call(_boom)
+        clock.advance(10.0)
+    breaker.call(lambda: None)  # CLOSED: one call recorded; HALF_OPEN: one probe of two
+    current = store.load("x")
+    assert current is not None
+    assert current.state is state
+    transitions = len(recorder.events)
+    # The same version and state, its times a hair apart (another clock converted them).
+    store.echo(dataclasses.replace(current, changed_at=current.changed_at + 1e-6))
+    if state is CLOSED:
+        assert breaker.metrics().calls == 1
+    else:
+        breaker.call(lambda: None)  # the second probe closes it: the first still counts
+        assert breaker.state is CLOSED
+        transitions += 1
+    assert len(recorder.events) == transitions
 
 
 def test_a_raising_store_subscriber_does_not_starve_the_others(

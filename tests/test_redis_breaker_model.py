@@ -24,7 +24,7 @@ from resilience_kit.stores.memory import InMemoryBreakerStore
 from resilience_kit.testing import VirtualClock
 from tests.breaker_fleet import Instance, make_breaker, run_call, snapshot
 
-pytest.importorskip("redis", reason="the redis extra is not installed")
+redis = pytest.importorskip("redis", reason="the redis extra is not installed")
 
 INSTANCES = 2
 
@@ -61,6 +61,8 @@ steps = st.lists(
             st.sampled_from([0.0, 0.0, 3.0]),
         ),
         st.tuples(st.just("advance"), st.sampled_from([1.0, 3.0, 5.0, 8.0])),
+        # Redis restarts without persistence: the key is gone, the instances write it back.
+        st.tuples(st.just("restart")),
         st.tuples(
             st.just("operate"),
             st.integers(0, INSTANCES - 1),
@@ -98,6 +100,8 @@ def test_redis_shared_breakers_in_separate_processes_match_in_memory_ones(
             assert reply[:2] == expected[:2], (step, reply, expected)
             if expected[0] == "rejected" and expected[2] is not None:
                 assert reply[2] == pytest.approx(expected[2], abs=1e-5)
+        elif step[0] == "restart":
+            redis.Redis.from_url(redis_url).delete(f"{prefix}{name}")
         elif step[0] == "advance":
             for instance in fleet:
                 instance.send(op="advance", seconds=step[1])

@@ -348,3 +348,20 @@ async def test_a_breaker_is_created_inside_an_event_loop_without_waiting_on_redi
         store.close()
     assert took < WAIT / 2, f"creating the breaker waited {took:.1f} s on Redis"
     assert created.state is CircuitState.CLOSED
+
+
+def test_a_state_written_back_by_another_instance_keeps_the_window(
+    redis_url: str, prefix: str, stores: tuple[RedisBreakerStore, RedisBreakerStore]
+) -> None:
+    clock = VirtualClock()
+    a = breaker("billing", stores[0], clock)
+    b = breaker("billing", stores[1], clock)
+    assert stores[0].sync(WAIT)
+    assert stores[1].sync(WAIT)
+    fail(a, 1)
+    fail(b, 1)
+    redis.Redis.from_url(redis_url).delete(f"{prefix}billing")
+    for store in (*stores, *stores):
+        assert store.sync(WAIT)  # both write the same state back; one of them wins
+    assert (a.state, b.state) == (CircuitState.CLOSED, CircuitState.CLOSED)
+    assert (a.metrics().calls, b.metrics().calls) == (1, 1)
