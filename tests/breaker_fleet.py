@@ -40,13 +40,13 @@ class ReadAtAnInstant:
 
     def __init__(self, clock: VirtualClock) -> None:
         self._clock = clock
-        self._draws = random.Random(0)
+        self._draws = random.Random()
 
     def monotonic(self) -> float:
         return self._clock.monotonic()
 
     def time(self) -> float:
-        return self._clock.time() + self._draws.uniform(0.0, 1e-6)
+        return self._clock.time() + self._draws.uniform(0.0, 1e-4)
 
     def sleep(self, seconds: float) -> None:
         self._clock.sleep(seconds)

@@ -728,6 +728,12 @@ class CircuitBreaker(Policy):
             # verdict on a race this breaker lost (a shared store resolves it).
             if record.version < self._version or record == self._record:
                 return
+            if record.version == self._version and record.state is self._state:
+                # The same change written by another instance too (both opened, or both
+                # wrote the state back to an empty store): its times may differ a little,
+                # but nothing this breaker counted since is invalid.
+                self._record = record
+                return
             previous = self._state
             self._record = record
             self._state = record.state
