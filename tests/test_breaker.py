@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import inspect
 import logging
+import random
 import sys
 import threading
 import weakref
@@ -24,7 +26,12 @@ from resilience_kit import (
 )
 from resilience_kit.stores.memory import InMemoryBreakerStore
 from resilience_kit.testing import VirtualClock, use_clock
-from resilience_kit.typing import BreakerMetrics, BreakerRecord, StateTransition
+from resilience_kit.typing import (
+    BreakerMetrics,
+    BreakerRecord,
+    StateTransition,
+    ThresholdExceeded,
+)
 
 CLOSED = CircuitState.CLOSED
 OPEN = CircuitState.OPEN
@@ -685,6 +692,235 @@ class TestBothPaths:
         assert recorder.events[0].at == opened_at
         assert recorder.events[1].at == opened_at + 10.0
 
+    # -- what mutation testing found unguarded ------------------------------------------
+
+    @pytest.mark.anyio
+    async def test_an_uncounted_probe_gives_back_exactly_one_permit(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        breaker = breaker_on(clock, ignore_on=NotOurProblem)
+        await self.open_it(caller, breaker)
+        clock.advance(10.0)
+
+        async def fourth_probe() -> None:
+            await caller.rejected(breaker)  # two probes in flight: no third
+
+        async def meanwhile() -> None:
+            with pytest.raises(NotOurProblem):  # the second probe, uncounted
+                await caller.call(breaker, exc=NotOurProblem())
+            await caller.call(breaker, inside=caller.nested(fourth_probe))
+
+        await caller.call(breaker, inside=caller.nested(meanwhile))  # the first probe
+        assert breaker.state is CLOSED
+
+    @pytest.mark.anyio
+    async def test_a_slow_probe_leaves_the_verdict_open_at_a_slow_threshold_of_one(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        recorder = Recorder()
+        breaker = breaker_on(
+            clock,
+            failure_rate_threshold=1.0,  # failures cannot decide: only the slow rate can
+            slow_call_duration=1.0,
+            slow_call_rate_threshold=1.0,
+            listeners=[recorder],
+        )
+        await self.open_it(caller, breaker)
+        clock.advance(10.0)
+        await caller.ok(breaker, takes=1.0)
+        assert breaker.state is HALF_OPEN  # a second slow probe would make it 2 of 2
+        await caller.ok(breaker, takes=1.0)
+        assert breaker.state is OPEN
+        assert recorder.events[-1].reason == "2 of 2 probes were slow"
+
+    @pytest.mark.anyio
+    async def test_a_slow_success_in_a_full_clean_window_is_recorded(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        breaker = breaker_on(
+            clock, window=2, minimum_calls=2, slow_call_duration=1.0, slow_call_rate_threshold=0.5
+        )
+        await caller.ok(breaker)
+        await caller.ok(breaker)  # full and clean
+        await caller.ok(breaker, takes=1.0)
+        assert breaker.state is OPEN
+
+    @pytest.mark.anyio
+    async def test_a_success_in_a_full_window_with_a_failure_is_recorded(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        breaker = breaker_on(clock, window=2, minimum_calls=2, failure_rate_threshold=1.0)
+        await caller.fail(breaker)
+        await caller.ok(breaker)  # full, one failure
+        await caller.ok(breaker)  # pushes the failure out
+        assert breaker.metrics().failed_calls == 0
+
+    @pytest.mark.anyio
+    async def test_successes_count_again_after_a_reset(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        breaker = breaker_on(clock, window=2, minimum_calls=2)
+        await caller.ok(breaker)
+        await caller.ok(breaker)  # full and clean
+        breaker.reset()
+        await caller.ok(breaker)
+        assert breaker.metrics().calls == 1
+
+    # -- METRICS_ONLY: a threshold reached is reported ------------------------------------
+
+    @pytest.mark.anyio
+    async def test_metrics_only_reports_a_failure_rate_crossing_once(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        crossings: list[ThresholdExceeded] = []
+        breaker = breaker_on(clock, name="orders", threshold_listeners=[crossings.append])
+        breaker.metrics_only()
+        await caller.ok(breaker)
+        await caller.ok(breaker)
+        await caller.fail(breaker)
+        assert crossings == []  # 3 calls: below minimum_calls
+        await caller.fail(breaker)  # 2 of 4: the 50% threshold is reached
+        at = clock.monotonic()
+        await caller.fail(breaker)  # still above: not reported again
+        assert crossings == [
+            ThresholdExceeded(
+                "orders", METRICS_ONLY, at, "failure_rate", 0.5, 4, "failure rate 0.50 >= 0.50"
+            )
+        ]
+        assert breaker.state is METRICS_ONLY
+        assert breaker.metrics().failed_calls == 3
+
+    @pytest.mark.anyio
+    async def test_metrics_only_reports_again_after_the_rates_recovered(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        crossings: list[ThresholdExceeded] = []
+        breaker = breaker_on(clock, window=2, minimum_calls=2)
+        remove = breaker.add_threshold_listener(crossings.append)
+        breaker.metrics_only()
+        await caller.fail(breaker)
+        await caller.fail(breaker)  # reached
+        await caller.ok(breaker)  # 1 of 2: still reached
+        await caller.ok(breaker)  # 0 of 2: recovered
+        await caller.fail(breaker)  # 1 of 2: reached again
+        assert [event.rate for event in crossings] == [1.0, 0.5]
+        remove()
+        remove()  # removing twice is harmless
+        await caller.ok(breaker)
+        await caller.ok(breaker)
+        await caller.fail(breaker)
+        assert len(crossings) == 2
+
+    @pytest.mark.anyio
+    async def test_metrics_only_reports_a_slow_call_rate_crossing(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        crossings: list[ThresholdExceeded] = []
+        breaker = breaker_on(
+            clock,
+            window=2,
+            minimum_calls=2,
+            slow_call_duration=1.0,
+            slow_call_rate_threshold=0.5,
+            threshold_listeners=[crossings.append],
+        )
+        breaker.metrics_only()
+        await caller.ok(breaker)
+        await caller.ok(breaker, takes=1.0)
+        assert [(e.threshold, e.rate, e.reason) for e in crossings] == [
+            ("slow_call_rate", 0.5, "slow-call rate 0.50 >= 0.50")
+        ]
+
+    @pytest.mark.anyio
+    async def test_closed_and_disabled_breakers_report_no_threshold_crossing(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        crossings: list[ThresholdExceeded] = []
+        breaker = breaker_on(
+            clock, window=2, minimum_calls=2, threshold_listeners=[crossings.append]
+        )
+        await self.open_it(caller, breaker, failures=2)  # CLOSED: it opens instead
+        breaker.disable()
+        for _ in range(2):
+            await caller.fail(breaker)
+        assert crossings == []
+        assert breaker.state is DISABLED
+
+    @pytest.mark.anyio
+    async def test_a_raising_threshold_listener_does_not_break_the_call(
+        self, caller: Caller, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def broken(event: ThresholdExceeded) -> None:
+            raise RuntimeError("listener bug")
+
+        seen: list[ThresholdExceeded] = []
+        breaker = breaker_on(clock, window=1, minimum_calls=1, threshold_listeners=[broken])
+        breaker.add_threshold_listener(seen.append)
+        breaker.metrics_only()
+        with caplog.at_level(logging.WARNING, logger="resilience_kit"):
+            await caller.fail(breaker)
+        assert len(seen) == 1
+        assert "a threshold listener failed" in caplog.text
+        assert "failure rate 1.00 >= 0.50 in metrics_only (would have opened)" in caplog.text
+
+    # -- open intervals that grow with decorrelated jitter ------------------------------
+
+    @pytest.mark.anyio
+    async def test_decorrelated_open_intervals_grow_from_the_previous_one(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        recorder = Recorder()
+        breaker = breaker_on(
+            clock,
+            window=1,
+            minimum_calls=1,
+            half_open_calls=1,
+            open_for=Backoff.exponential(initial=1.0, maximum=1000.0, jitter="decorrelated"),
+            listeners=[recorder],
+        )
+        state = random.getstate()
+        random.seed(20261207)  # the breaker draws from the global random source
+        try:
+            intervals = []
+            await caller.fail(breaker)
+            for _ in range(30):  # every probe fails: 31 consecutive opens
+                open_until = breaker.metrics().open_until
+                assert open_until is not None
+                intervals.append(open_until - recorder.events[-1].at)
+                clock.advance(intervals[-1])
+                await caller.fail(breaker)
+        finally:
+            random.setstate(state)
+        previous = 1.0
+        for interval in intervals:
+            assert 1.0 <= interval <= min(1000.0, 3 * previous) + 1e-9
+            previous = interval
+        # Without the previous interval every draw stays in [1, 3].
+        assert max(intervals) > 3.0
+
+    @pytest.mark.anyio
+    async def test_closing_starts_decorrelated_intervals_over(
+        self, caller: Caller, clock: VirtualClock
+    ) -> None:
+        breaker = breaker_on(
+            clock,
+            window=1,
+            minimum_calls=1,
+            half_open_calls=1,
+            open_for=Backoff.exponential(initial=1.0, maximum=1000.0, jitter="decorrelated"),
+        )
+        for _ in range(8):  # a few opens in a row, then a success closes it
+            await caller.fail(breaker)
+            open_until = breaker.metrics().open_until
+            assert open_until is not None
+            clock.advance(open_until - clock.monotonic())
+        await caller.ok(breaker)
+        assert breaker.state is CLOSED
+        await caller.fail(breaker)
+        open_until = breaker.metrics().open_until
+        assert open_until is not None
+        assert 1.0 <= open_until - clock.monotonic() <= 3.0  # from initial again
+
 
 # -- cancellation, KeyboardInterrupt, SystemExit --------------------------------------------
 
@@ -971,6 +1207,50 @@ def test_a_late_notification_for_a_collected_breaker_is_dropped(clock: VirtualCl
     gc.collect()
     assert ref() is None
     store.callbacks[0](BreakerRecord(OPEN, 7, 0.0, 10.0, 1))  # nothing to notify: no error
+
+
+class EchoingStore(InMemoryBreakerStore):
+    """Tells its subscribers of a record as if another instance had written it too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._subscribers_of: list[Callable[[BreakerRecord], None]] = []
+
+    def subscribe(self, name: str, callback: Callable[[BreakerRecord], None]) -> Callable[[], None]:
+        self._subscribers_of.append(callback)
+        return super().subscribe(name, callback)
+
+    def echo(self, record: BreakerRecord) -> None:
+        for callback in self._subscribers_of:
+            callback(record)
+
+
+@pytest.mark.parametrize("state", [CLOSED, HALF_OPEN])
+def test_the_same_change_from_another_instance_keeps_the_counts(
+    clock: VirtualClock, state: CircuitState
+) -> None:
+    store = EchoingStore()
+    recorder = Recorder()
+    breaker = breaker_on(clock, name="x", store=store, listeners=[recorder])
+    if state is HALF_OPEN:
+        for _ in range(4):
+            with pytest.raises(Boom):
+                breaker.call(_boom)
+        clock.advance(10.0)
+    breaker.call(lambda: None)  # CLOSED: one call recorded; HALF_OPEN: one probe of two
+    current = store.load("x")
+    assert current is not None
+    assert current.state is state
+    transitions = len(recorder.events)
+    # The same version and state, its times a hair apart (another clock converted them).
+    store.echo(dataclasses.replace(current, changed_at=current.changed_at + 1e-6))
+    if state is CLOSED:
+        assert breaker.metrics().calls == 1
+    else:
+        breaker.call(lambda: None)  # the second probe closes it: the first still counts
+        assert breaker.state is CLOSED
+        transitions += 1
+    assert len(recorder.events) == transitions
 
 
 def test_a_raising_store_subscriber_does_not_starve_the_others(
@@ -1297,6 +1577,9 @@ def test_many_threads_through_open_and_half_open(clock: VirtualClock) -> None:
         ({"record_result": "yes"}, "record_result"),
         ({"listeners": ["print"]}, "listeners"),
         ({"listeners": print}, "listeners"),
+        ({"listeners": 3}, "listeners"),
+        ({"threshold_listeners": [None]}, "threshold_listeners"),
+        ({"threshold_listeners": print}, "threshold_listeners"),
         ({"store": {}}, "store"),
     ],
 )

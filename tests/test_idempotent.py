@@ -861,10 +861,17 @@ def test_a_store_must_be_an_idempotency_store() -> None:
     assert caught.value.parameter == "store"
 
 
-def test_a_single_exception_type_is_accepted_for_store_failures(
-    store: MemoryIdempotencyStore,
+async def test_a_single_exception_type_is_accepted_for_store_failures(
+    store: MemoryIdempotencyStore, clock: VirtualClock
 ) -> None:
-    idempotent(store, key="order_id", store_failures=Declined)(_ok)  # type: ignore[arg-type]
+    charges = Charges(store, clock, store_failures=Declined)  # not in a tuple
+    charges.error = CardDeclined("insufficient funds", 51)
+    with pytest.raises(CardDeclined):
+        await charges.charge("order-1", 500)
+    charges.error = None
+    with pytest.raises(CardDeclined):  # stored, raised again without running
+        await charges.charge("order-1", 500)
+    assert len(charges.runs) == 1
 
 
 def test_decide_covers_every_record() -> None:

@@ -125,7 +125,11 @@ def test_misconfiguration_is_refused_at_construction(
 
 
 def test_a_63_character_schema_is_accepted() -> None:
-    PostgresStore("postgresql://localhost/app", schema="s" * 63).close()
+    store = PostgresStore("postgresql://localhost/app", schema="s" * 63)
+    try:
+        assert store.schema == "s" * 63
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(

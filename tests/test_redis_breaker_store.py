@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -113,6 +115,7 @@ def test_a_new_instance_starts_from_the_shared_state(
     assert stores[0].flush(WAIT)
     with RedisBreakerStore(url=redis_url, prefix=prefix) as late_store:
         late = breaker("profile", late_store, clock)
+        assert late_store.sync(WAIT)
         assert late.state is CircuitState.OPEN
 
 
@@ -152,8 +155,8 @@ def test_redis_outage_degrades_to_a_local_breaker(caplog: pytest.LogCaptureFixtu
         assert local.state is CircuitState.OPEN
         with pytest.raises(CircuitOpenError):
             local.call(lambda: 1)
-        assert not store.healthy  # the first read at construction already failed
-        assert not store.flush(0.05)  # the write stays queued for when Redis returns
+        assert not store.flush(0.5)  # the write stays queued for when Redis returns
+        assert not store.healthy
     assert any("unreachable" in record.getMessage() for record in caplog.records)
 
 
@@ -215,3 +218,150 @@ def test_configuration_errors(redis_url: str) -> None:
         RedisBreakerStore(url=redis_url, prefix="")
     with pytest.raises(ConfigurationError, match="sync_interval"):
         RedisBreakerStore(url=redis_url, sync_interval=0)
+
+
+# -- one breaker, whatever Redis does between calls ---------------------------------------
+
+
+def test_re_reading_the_shared_record_does_not_reset_the_window(
+    stores: tuple[RedisBreakerStore, RedisBreakerStore],
+) -> None:
+    clock = VirtualClock()
+    store = stores[0]
+    shared = CircuitBreaker("ledger", window=10, minimum_calls=10, store=store, clock=clock)
+    for calls in range(1, 10):
+        fail(shared, 1)
+        clock.advance(0.15)
+        assert store.sync(WAIT)  # a periodic re-read between every two failures
+        assert shared.metrics().calls == calls
+    fail(shared, 1)
+    assert shared.state is CircuitState.OPEN
+
+
+def test_re_reading_the_shared_record_does_not_hand_out_probe_slots_again(
+    stores: tuple[RedisBreakerStore, RedisBreakerStore],
+) -> None:
+    clock = VirtualClock()
+    store = stores[0]
+    shared = CircuitBreaker(
+        "ledger", window=2, minimum_calls=2, half_open_calls=2, store=store, clock=clock
+    )
+    fail(shared, 2)
+    clock.advance(30.0)
+    admitted: list[int] = []
+    arrived = threading.Semaphore(0)
+    release = threading.Event()
+
+    def probe() -> None:
+        admitted.append(1)
+        arrived.release()
+        release.wait(WAIT)
+
+    def caller() -> None:
+        try:
+            shared.call(probe)
+        except CircuitOpenError:
+            arrived.release()
+
+    threads = [threading.Thread(target=caller, daemon=True) for _ in range(6)]
+    for thread in threads:  # one caller after another, a re-read between each two
+        thread.start()
+        assert arrived.acquire(timeout=WAIT)
+        assert store.sync(WAIT)
+    release.set()
+    for thread in threads:
+        thread.join(WAIT)
+    assert len(admitted) == 2
+
+
+def test_a_redis_that_restarted_empty_gets_the_latest_state_back(
+    redis_url: str, prefix: str, stores: tuple[RedisBreakerStore, RedisBreakerStore]
+) -> None:
+    clock = VirtualClock()
+    old = breaker("billing", stores[0], clock)
+    fail(old, 2)  # OPEN, then idle through the outage
+    assert stores[0].flush(WAIT)
+    client = redis.Redis.from_url(redis_url)
+    client.delete(f"{prefix}billing")  # what a restart without persistence leaves
+
+    assert stores[0].sync(WAIT)
+    assert b'"open"' in client.get(f"{prefix}billing")
+    new = breaker("billing", stores[1], clock)
+    assert stores[1].sync(WAIT)
+    assert new.state is CircuitState.OPEN
+
+
+def test_an_instance_started_after_the_restart_adopts_the_state_written_back(
+    redis_url: str, prefix: str, stores: tuple[RedisBreakerStore, RedisBreakerStore]
+) -> None:
+    clock = VirtualClock()
+    old = breaker("billing", stores[0], clock)
+    fail(old, 2)
+    assert stores[0].flush(WAIT)
+    redis.Redis.from_url(redis_url).delete(f"{prefix}billing")
+
+    new = breaker("billing", stores[1], clock)  # writes CLOSED v0 where nothing is
+    assert stores[1].sync(WAIT)
+    assert stores[0].sync(WAIT)  # the old instance finds an older state and writes back
+    assert stores[1].sync(WAIT)
+    assert new.state is CircuitState.OPEN
+    assert old.state is CircuitState.OPEN
+
+
+def test_creating_a_breaker_sends_nothing_to_redis_from_the_calling_thread() -> None:
+    # A server that accepts connections and never answers: a client without timeouts
+    # blocks forever on it.
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(16)
+        host, port = black_hole.getsockname()
+        store = RedisBreakerStore(redis.Redis(host=host, port=port))
+        created: list[CircuitBreaker] = []
+        thread = threading.Thread(
+            target=lambda: created.append(CircuitBreaker("billing", store=store)), daemon=True
+        )
+        thread.start()
+        thread.join(WAIT)
+        assert created, "creating the breaker waited on Redis"
+        assert created[0].call(lambda: "answered") == "answered"
+    store.close()  # the server is gone: the background threads fail and stop
+
+
+@pytest.mark.anyio
+async def test_a_breaker_is_created_inside_an_event_loop_without_waiting_on_redis() -> None:
+    black_hole = socket.socket()
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(16)
+    host, port = black_hole.getsockname()
+    store = RedisBreakerStore(redis.Redis(host=host, port=port))
+    # Should creating the breaker block, closing the server ends the wait (the client
+    # sees the connection reset) instead of hanging the suite.
+    watchdog = threading.Timer(WAIT, black_hole.close)
+    watchdog.start()
+    started = time.monotonic()
+    try:
+        created = CircuitBreaker("billing", store=store)  # on the event loop's thread
+        took = time.monotonic() - started
+    finally:
+        watchdog.cancel()
+        black_hole.close()
+        store.close()
+    assert took < WAIT / 2, f"creating the breaker waited {took:.1f} s on Redis"
+    assert created.state is CircuitState.CLOSED
+
+
+def test_a_state_written_back_by_another_instance_keeps_the_window(
+    redis_url: str, prefix: str, stores: tuple[RedisBreakerStore, RedisBreakerStore]
+) -> None:
+    clock = VirtualClock()
+    a = breaker("billing", stores[0], clock)
+    b = breaker("billing", stores[1], clock)
+    assert stores[0].sync(WAIT)
+    assert stores[1].sync(WAIT)
+    fail(a, 1)
+    fail(b, 1)
+    redis.Redis.from_url(redis_url).delete(f"{prefix}billing")
+    for store in (*stores, *stores):
+        assert store.sync(WAIT)  # both write the same state back; one of them wins
+    assert (a.state, b.state) == (CircuitState.CLOSED, CircuitState.CLOSED)
+    assert (a.metrics().calls, b.metrics().calls) == (1, 1)

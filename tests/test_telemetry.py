@@ -18,12 +18,14 @@ from resilience_kit import (
     BulkheadFullError,
     CircuitBreaker,
     CircuitOpenError,
+    CircuitState,
     Fallback,
     RetryPolicy,
     Timeout,
     TimeoutExceededError,
     telemetry,
 )
+from resilience_kit.stores.memory import InMemoryBreakerStore
 from resilience_kit.testing import ChaosFault, ChaosLatency, ChaosResult, VirtualClock
 
 Points = dict[str, list[tuple[dict[str, object], int]]]
@@ -97,6 +99,7 @@ def test_metric_names() -> None:
         telemetry.RETRY_ATTEMPTS,
         telemetry.BREAKER_TRANSITIONS,
         telemetry.BREAKER_REJECTIONS,
+        telemetry.BREAKER_THRESHOLDS_EXCEEDED,
         telemetry.BULKHEAD_REJECTIONS,
         telemetry.TIMEOUT_EXPIRATIONS,
         telemetry.FALLBACK_ACTIVATIONS,
@@ -105,6 +108,7 @@ def test_metric_names() -> None:
         "resilience.retry.attempts",
         "resilience.circuit_breaker.transitions",
         "resilience.circuit_breaker.rejections",
+        "resilience.circuit_breaker.thresholds_exceeded",
         "resilience.bulkhead.rejections",
         "resilience.timeout.expirations",
         "resilience.fallback.activations",
@@ -158,6 +162,39 @@ def test_breaker_transition_and_rejection_are_counted(metrics: Metrics) -> None:
         ({"breaker": "billing", "from_state": "closed", "to_state": "open"}, 1)
     ]
     assert points[telemetry.BREAKER_REJECTIONS] == [({"breaker": "billing", "state": "open"}, 1)]
+
+
+def test_a_change_of_a_shared_breaker_is_counted_once(metrics: Metrics) -> None:
+    store = InMemoryBreakerStore()
+    clock = VirtualClock()
+    fleet = [
+        CircuitBreaker("billing", window=2, minimum_calls=2, store=store, clock=clock)
+        for _ in range(3)
+    ]
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            fleet[0].call(flaky(1))  # type: ignore[arg-type]
+    assert {breaker.state for breaker in fleet} == {CircuitState.OPEN}
+    fleet[2].reset()
+    assert metrics.points()[telemetry.BREAKER_TRANSITIONS] == [
+        ({"breaker": "billing", "from_state": "closed", "to_state": "open"}, 1),
+        ({"breaker": "billing", "from_state": "open", "to_state": "closed"}, 1),
+    ]
+
+
+def test_a_threshold_reached_in_metrics_only_is_counted(metrics: Metrics) -> None:
+    breaker = CircuitBreaker("billing", window=2, minimum_calls=2, clock=VirtualClock())
+    breaker.metrics_only()
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            breaker.call(flaky(1))  # type: ignore[arg-type]
+    points = metrics.points()
+    assert points[telemetry.BREAKER_THRESHOLDS_EXCEEDED] == [
+        ({"breaker": "billing", "state": "metrics_only", "threshold": "failure_rate"}, 1)
+    ]
+    assert points[telemetry.BREAKER_TRANSITIONS] == [
+        ({"breaker": "billing", "from_state": "closed", "to_state": "metrics_only"}, 1)
+    ]
 
 
 def reject_once(bulkhead: Bulkhead) -> None:

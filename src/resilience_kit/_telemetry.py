@@ -24,6 +24,7 @@ METER_NAME = "resilience_kit"
 RETRY_ATTEMPTS = "resilience.retry.attempts"
 BREAKER_TRANSITIONS = "resilience.circuit_breaker.transitions"
 BREAKER_REJECTIONS = "resilience.circuit_breaker.rejections"
+BREAKER_THRESHOLDS_EXCEEDED = "resilience.circuit_breaker.thresholds_exceeded"
 BULKHEAD_REJECTIONS = "resilience.bulkhead.rejections"
 TIMEOUT_EXPIRATIONS = "resilience.timeout.expirations"
 FALLBACK_ACTIVATIONS = "resilience.fallback.activations"
@@ -44,6 +45,7 @@ _DESCRIPTIONS = {
     RETRY_ATTEMPTS: "Retries scheduled and retry give-ups",
     BREAKER_TRANSITIONS: "Circuit breaker state transitions",
     BREAKER_REJECTIONS: "Calls rejected by a circuit breaker",
+    BREAKER_THRESHOLDS_EXCEEDED: "Thresholds reached by a METRICS_ONLY circuit breaker",
     BULKHEAD_REJECTIONS: "Calls rejected by a bulkhead",
     TIMEOUT_EXPIRATIONS: "Calls cancelled by a timeout",
     FALLBACK_ACTIVATIONS: "Fallback values served",

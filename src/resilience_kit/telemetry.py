@@ -11,6 +11,7 @@ Metrics (meter ``resilience_kit``) of the call policies, every one a counter:
 | ``resilience.retry.attempts`` | ``policy``, ``outcome``, ``reason`` | retries, give-ups |
 | ``resilience.circuit_breaker.transitions`` | ``breaker``, ``from_state``, ``to_state`` | changes |
 | ``resilience.circuit_breaker.rejections`` | ``breaker``, ``state`` | refused calls |
+| ``resilience.circuit_breaker.thresholds_exceeded`` | ``breaker``, ``state``, ``threshold`` | — |
 | ``resilience.bulkhead.rejections`` | ``bulkhead`` | refused calls |
 | ``resilience.timeout.expirations`` | ``timeout`` | cancelled calls |
 | ``resilience.fallback.activations`` | ``fallback``, ``error_type`` | substitutes served |
@@ -41,6 +42,11 @@ Caches add observable counters ``resilience.cache.hits``, ``.misses``, ``.loads`
 ``.load_failures``, ``.stale_serves``, ``.fail_open_serves``, ``.denials`` and
 ``.invalidations`` (attributes ``cache``, ``policy``); see `resilience_kit.caching`.
 
+``resilience.circuit_breaker.thresholds_exceeded`` counts thresholds reached by a
+METRICS_ONLY breaker (where it would have opened); ``threshold`` is ``failure_rate`` or
+``slow_call_rate``. ``resilience.circuit_breaker.transitions`` counts each change of a
+shared breaker once, on the instance whose write made it.
+
 ``resilience.circuit_breaker.rejections`` is an observable counter: each breaker keeps
 cumulative counts per state and the counter reads them at collection time, so an open
 breaker rejecting a million calls a second costs no metric call per rejection.
@@ -64,6 +70,9 @@ from resilience_kit._telemetry import (
     BREAKER_REJECTIONS as BREAKER_REJECTIONS,
 )
 from resilience_kit._telemetry import (
+    BREAKER_THRESHOLDS_EXCEEDED as BREAKER_THRESHOLDS_EXCEEDED,
+)
+from resilience_kit._telemetry import (
     BREAKER_TRANSITIONS as BREAKER_TRANSITIONS,
 )
 from resilience_kit._telemetry import (
@@ -85,6 +94,7 @@ from resilience_kit._telemetry import logger as logger
 
 __all__ = (
     "BREAKER_REJECTIONS",
+    "BREAKER_THRESHOLDS_EXCEEDED",
     "BREAKER_TRANSITIONS",
     "BULKHEAD_REJECTIONS",
     "CHAOS_INJECTIONS",

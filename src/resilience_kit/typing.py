@@ -11,7 +11,7 @@ it (`resilience_kit.policies`, `.messaging`, `.caching`, `.security`, `.clock`),
   `OutboxMessage`, `OutboxStatus`, `BlockedRow`, `DeadLetter`, `DeadLetterFilter`,
   `IdempotencyRecord`, `Delivery`, `KeyVersion`.
 - What the primitives hand back or to hooks: `RetryEvent`, `StateTransition`,
-  `BreakerMetrics`, `CacheLookup`, `CacheStats`, `Served`, `FallbackEvent`,
+  `ThresholdExceeded`, `BreakerMetrics`, `CacheLookup`, `CacheStats`, `Served`, `FallbackEvent`,
   `RelayReport`, `ReplayReport`, `VerifiedToken`, `Outcome`.
 - The base class of every call policy, `Policy`, and of cache policies, `CachePolicy`;
   the `Jitter` alias.
@@ -58,6 +58,7 @@ from resilience_kit.policies import Jitter as Jitter
 from resilience_kit.policies import Policy as Policy
 from resilience_kit.policies import RetryEvent as RetryEvent
 from resilience_kit.policies import StateTransition as StateTransition
+from resilience_kit.policies import ThresholdExceeded as ThresholdExceeded
 from resilience_kit.security import KeySource as KeySource
 from resilience_kit.security import KeyVersion as KeyVersion
 from resilience_kit.security import VerifiedToken as VerifiedToken
@@ -98,6 +99,7 @@ __all__ = (
     "Served",
     "StateTransition",
     "Subscriber",
+    "ThresholdExceeded",
     "TimerClock",
     "TimerHandle",
     "VerifiedToken",

@@ -7,6 +7,7 @@ from resilience_kit.policies._base import Policy as Policy
 from resilience_kit.policies._breaker import BreakerMetrics as BreakerMetrics
 from resilience_kit.policies._breaker import CircuitBreaker as CircuitBreaker
 from resilience_kit.policies._breaker import StateTransition as StateTransition
+from resilience_kit.policies._breaker import ThresholdExceeded as ThresholdExceeded
 from resilience_kit.policies._breaker_store import BreakerRecord as BreakerRecord
 from resilience_kit.policies._breaker_store import BreakerStore as BreakerStore
 from resilience_kit.policies._breaker_store import CircuitState as CircuitState
@@ -41,6 +42,7 @@ __all__ = (
     "RetryEvent",
     "RetryPolicy",
     "StateTransition",
+    "ThresholdExceeded",
     "Timeout",
     "retry_after_hint",
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,6 +63,50 @@ class StateTransition:
 
 
 @dataclass(frozen=True, slots=True)
+class ThresholdExceeded:
+    """What a METRICS_ONLY breaker hands its threshold listeners when its window crosses one.
+
+    In CLOSED the same crossing opens the breaker (a `StateTransition`); in METRICS_ONLY
+    the state never changes, so this event is what says the breaker would have opened.
+    It comes once per crossing: the rates must fall back below both thresholds (or the
+    state change) before the next one is reported.
+
+    Attributes:
+        breaker: the breaker's name.
+        state: the state it is in (``METRICS_ONLY``).
+        at: when, on the breaker clock's monotonic scale.
+        threshold: ``"failure_rate"`` or ``"slow_call_rate"``: which one was reached.
+        rate: that rate over the window.
+        calls: the calls in the window.
+        reason: in a few words, as a transition would give it.
+
+    Examples:
+        >>> from resilience_kit.testing import VirtualClock
+        >>> seen = []
+        >>> breaker = CircuitBreaker(
+        ...     "x", window=2, minimum_calls=2, threshold_listeners=[seen.append],
+        ...     clock=VirtualClock(),
+        ... )
+        >>> breaker.metrics_only()
+        >>> for _ in range(2):
+        ...     try:
+        ...         breaker.call(lambda: 1 / 0)
+        ...     except ZeroDivisionError:
+        ...         pass
+        >>> seen[0].threshold, seen[0].rate, seen[0].calls
+        ('failure_rate', 1.0, 2)
+    """
+
+    breaker: str
+    state: CircuitState
+    at: float
+    threshold: Literal["failure_rate", "slow_call_rate"]
+    rate: float
+    calls: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class BreakerMetrics:
     """A snapshot of a breaker, computed in O(1) from running totals.
 
@@ -88,6 +132,7 @@ class BreakerMetrics:
 
 
 Listener = Callable[[StateTransition], object]
+ThresholdListener = Callable[[ThresholdExceeded], object]
 
 
 class CircuitBreaker(Policy):
@@ -122,6 +167,8 @@ class CircuitBreaker(Policy):
         ignore_on: exception types that count as neither success nor failure.
         record_result: a predicate; a result for which it is ``True`` is a failure.
         listeners: called with a `StateTransition` on every state change.
+        threshold_listeners: called with a `ThresholdExceeded` when, in METRICS_ONLY, the
+            window reaches a threshold (the breaker would have opened).
         store: where the state lives; breakers sharing a store and a name act as one.
         clock: the clock (the virtual clock in tests).
 
@@ -150,6 +197,7 @@ class CircuitBreaker(Policy):
 
     __slots__ = (
         "_clock",
+        "_exceeded",
         "_half_open_calls",
         "_half_open_timeout",
         "_ignored",
@@ -175,6 +223,7 @@ class CircuitBreaker(Policy):
         "_state",
         "_store",
         "_threshold",
+        "_threshold_listeners",
         "_timed",
         "_unsubscribe",
         "_version",
@@ -199,6 +248,7 @@ class CircuitBreaker(Policy):
         ignore_on: ExceptionTypes = (),
         record_result: Callable[[Any], bool] | None = None,
         listeners: Sequence[Listener] = (),
+        threshold_listeners: Sequence[ThresholdListener] = (),
         store: BreakerStore | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -230,13 +280,8 @@ class CircuitBreaker(Policy):
             raise ConfigurationError("store", f"must implement BreakerStore, got {store!r}")
         if record_result is not None and not callable(record_result):
             raise ConfigurationError("record_result", "must be a callable")
-        if callable(listeners) or isinstance(listeners, str):
-            raise ConfigurationError(
-                "listeners", f"must be a sequence of callables, got {listeners!r}"
-            )
-        for listener in listeners:
-            if not callable(listener):
-                raise ConfigurationError("listeners", f"must be callable, got {listener!r}")
+        _check_listeners("listeners", listeners)
+        _check_listeners("threshold_listeners", threshold_listeners)
 
         self.name = name
         self._threshold = float(failure_rate_threshold)
@@ -251,6 +296,8 @@ class CircuitBreaker(Policy):
         self._ignored = ignored
         self._result_failure = record_result
         self._listeners: list[Listener] = list(listeners)
+        self._threshold_listeners: list[ThresholdListener] = list(threshold_listeners)
+        self._exceeded = False  # METRICS_ONLY: a threshold crossing was reported
         self._clock = clock
         self._window: CountWindow | TimeWindow = (
             CountWindow(window) if window_type == "count" else TimeWindow(window)
@@ -321,6 +368,35 @@ class CircuitBreaker(Policy):
 
         return remove
 
+    def add_threshold_listener(self, listener: ThresholdListener) -> Callable[[], None]:
+        """Call ``listener`` when a METRICS_ONLY window reaches a threshold; returns a remover.
+
+        Examples:
+            >>> from resilience_kit.testing import VirtualClock
+            >>> breaker = CircuitBreaker("x", window=2, minimum_calls=2, clock=VirtualClock())
+            >>> breaker.metrics_only()
+            >>> remove = breaker.add_threshold_listener(lambda event: print(event.reason))
+            >>> for _ in range(2):
+            ...     try:
+            ...         breaker.call(lambda: 1 / 0)
+            ...     except ZeroDivisionError:
+            ...         pass
+            failure rate 1.00 >= 0.50
+            >>> breaker.state
+            <CircuitState.METRICS_ONLY: 'metrics_only'>
+        """
+        if not callable(listener):
+            raise ConfigurationError("listener", f"must be callable, got {listener!r}")
+        with self._lock:
+            self._threshold_listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._threshold_listeners:
+                    self._threshold_listeners.remove(listener)
+
+        return remove
+
     def metrics(self) -> BreakerMetrics:
         """A snapshot of the window and state.
 
@@ -387,10 +463,10 @@ class CircuitBreaker(Policy):
     def _now(self) -> float:
         return resolve_clock(self._clock).monotonic()
 
-    def _open_duration(self, opens: int) -> float:
+    def _open_duration(self, opens: int, previous: float | None = None) -> float:
         open_for = self._open_for
         if isinstance(open_for, Backoff):
-            return max(open_for.delay(opens), 1e-9)
+            return max(open_for.delay(opens, previous), 1e-9)
         return open_for
 
     def _admit(self) -> int:
@@ -484,6 +560,7 @@ class CircuitBreaker(Policy):
         slow_after = self._slow_after
         if slow_after is not None and now is not None and now - started >= slow_after:
             outcome |= SLOW
+        event = None
         with self._lock:
             if version != self._version:
                 return  # admitted under an earlier state: its outcome is stale
@@ -495,12 +572,60 @@ class CircuitBreaker(Policy):
                 failures, slow, calls = window.failures, window.slow, window.calls
                 # A clean window cannot open the breaker (thresholds are > 0): the usual case.
                 if not (failures or slow) or calls < self._min_calls or self._state is not CLOSED:
-                    return
-                verdict = self._judge_window(failures, slow, calls)
-            if verdict is None:
+                    if self._state is not METRICS_ONLY:
+                        return
+                    event = self._crossing(failures, slow, calls, now)
+                    if event is None:
+                        return
+                    listeners = tuple(self._threshold_listeners)
+                    verdict = None
+                else:
+                    verdict = self._judge_window(failures, slow, calls)
+            if verdict is None and event is None:
                 return
             current = self._record
+        if verdict is None:
+            if event is not None:
+                self._announce(event, listeners)
+            return
         self._change(current, verdict[0], verdict[1], now)
+
+    def _crossing(
+        self, failures: int, slow: int, calls: int, now: float | None
+    ) -> ThresholdExceeded | None:
+        """In METRICS_ONLY (the caller holds the lock): the event of a threshold newly reached."""
+        verdict = self._judge_window(failures, slow, calls) if calls >= self._min_calls else None
+        if verdict is None:
+            self._exceeded = False  # below both thresholds again: the next crossing counts
+            return None
+        if self._exceeded:
+            return None
+        self._exceeded = True
+        failing = failures / calls >= self._threshold
+        return ThresholdExceeded(
+            self.name,
+            METRICS_ONLY,
+            self._now() if now is None else now,
+            "failure_rate" if failing else "slow_call_rate",
+            (failures if failing else slow) / calls,
+            calls,
+            verdict[1],
+        )
+
+    def _announce(self, event: ThresholdExceeded, listeners: tuple[ThresholdListener, ...]) -> None:
+        """Report a threshold crossing: telemetry, a log line, the threshold listeners."""
+        _telemetry.emit(
+            _telemetry.BREAKER_THRESHOLDS_EXCEEDED,
+            {"breaker": self.name, "state": event.state.value, "threshold": event.threshold},
+        )
+        _telemetry.logger.warning(
+            "circuit %r: %s in %s (would have opened)", self.name, event.reason, event.state.value
+        )
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001, PERF203  (a broken listener must not break calls)
+                _telemetry.logger.exception("circuit %r: a threshold listener failed", self.name)
 
     def _judge_window(
         self, failures: int, slow: int, calls: int
@@ -560,13 +685,16 @@ class CircuitBreaker(Policy):
         if now is None:
             now = self._now()
         opens = current.consecutive_opens
+        interval = current.open_interval
         open_until = None
         if to is OPEN:
             opens += 1
-            open_until = now + self._open_duration(opens)
+            interval = self._open_duration(opens, interval)
+            open_until = now + interval
         elif to is CLOSED:
             opens = 0
-        new = BreakerRecord(to, current.version + 1, now, open_until, opens)
+            interval = None
+        new = BreakerRecord(to, current.version + 1, now, open_until, opens, interval)
         local = self._local
         local.writing = (new, reason)
         try:
@@ -575,6 +703,14 @@ class CircuitBreaker(Policy):
             local.writing = None
         won = winner.version == new.version and winner.state is to
         self._adopt(winner, reason if won else _OTHER_INSTANCE)
+        if won and current.state is not to:
+            # Counted by the instance whose write made the change, and only there: the
+            # others sharing the store adopt it without counting, so a fleet's sum is
+            # the number of changes the shared breaker went through.
+            _telemetry.emit(
+                _telemetry.BREAKER_TRANSITIONS,
+                {"breaker": self.name, "from_state": current.state.value, "to_state": to.value},
+            )
         return won
 
     def _on_store_change(self, record: BreakerRecord) -> None:
@@ -592,11 +728,18 @@ class CircuitBreaker(Policy):
             # verdict on a race this breaker lost (a shared store resolves it).
             if record.version < self._version or record == self._record:
                 return
+            if record.version == self._version and record.state is self._state:
+                # The same change written by another instance too (both opened, or both
+                # wrote the state back to an empty store): its times may differ a little,
+                # but nothing this breaker counted since is invalid.
+                self._record = record
+                return
             previous = self._state
             self._record = record
             self._state = record.state
             self._probes_admitted = self._probes_done = 0
             self._probe_failures = self._probe_slow = 0
+            self._exceeded = False
             if record.state is CLOSED or record.state is METRICS_ONLY:
                 self._window.reset()
             self._version = record.version  # last: see _admit
@@ -604,10 +747,6 @@ class CircuitBreaker(Policy):
         if previous is record.state:
             return
         event = StateTransition(self.name, previous, record.state, record.changed_at, reason)
-        _telemetry.emit(
-            _telemetry.BREAKER_TRANSITIONS,
-            {"breaker": self.name, "from_state": previous.value, "to_state": record.state.value},
-        )
         log = _telemetry.logger.warning if record.state is OPEN else _telemetry.logger.info
         log("circuit %r: %s -> %s (%s)", self.name, previous.value, record.state.value, reason)
         for listener in listeners:
@@ -696,6 +835,14 @@ class CircuitBreaker(Policy):
             return result
 
         return guarded
+
+
+def _check_listeners(parameter: str, listeners: object) -> None:
+    if callable(listeners) or isinstance(listeners, str) or not isinstance(listeners, Iterable):
+        raise ConfigurationError(parameter, f"must be a sequence of callables, got {listeners!r}")
+    for listener in listeners:
+        if not callable(listener):
+            raise ConfigurationError(parameter, f"must be callable, got {listener!r}")
 
 
 def _check_rate(parameter: str, value: float) -> None:

@@ -47,6 +47,8 @@ class BreakerRecord:
         changed_at: when the state last changed, on the breaker clock's monotonic scale.
         open_until: when an ``OPEN`` breaker admits its next probe (same scale).
         consecutive_opens: opens since the breaker was last closed (grows ``open_for``).
+        open_interval: the length of the latest open interval since the breaker was last
+            closed, in seconds (a decorrelated-jitter `Backoff` grows from it).
 
     A store shared between processes translates the two timestamps to wall time at its
     boundary; the breaker itself only ever compares them with its own clock.
@@ -57,6 +59,7 @@ class BreakerRecord:
     changed_at: float = 0.0
     open_until: float | None = None
     consecutive_opens: int = 0
+    open_interval: float | None = None
 
 
 @runtime_checkable

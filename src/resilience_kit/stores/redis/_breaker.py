@@ -6,6 +6,7 @@ import json
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from resilience_kit import _telemetry
@@ -20,9 +21,10 @@ if TYPE_CHECKING:
 
 __all__ = ("RedisBreakerStore",)
 
-# Compare-and-set: a write wins unless Redis already holds a newer version. Accepting
-# "stored <= expected" (not only "==") lets an instance that kept going on its own during
-# a Redis outage, or after Redis lost its data, write its state back on reconnect.
+# Compare-and-set: a write wins unless Redis already holds a record at least as new
+# (ARGV[1] is the written version minus one). Accepting any older record, not only the
+# one the transition started from, lets an instance that kept going on its own during a
+# Redis outage, or after Redis lost its data, write its state back on reconnect.
 _CAS = """
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -42,13 +44,16 @@ _STOP = object()
 class RedisBreakerStore:
     """A `BreakerStore` in Redis: breakers with one name, in any process, act as one.
 
-    Every breaker keeps deciding from a local mirror, so a call never waits on Redis.
-    Transitions are written with an atomic compare-and-set (a Lua script) and published;
-    every store subscribes, and re-reads its records every ``sync_interval`` seconds in
-    case a message was missed. When a transition loses a race the winner's state is
-    adopted. When Redis is unreachable the breakers carry on as local breakers (a
-    warning is logged once per outage) and their latest state is written back when it
-    returns.
+    Every breaker keeps deciding from a local mirror, so neither a call nor creating a
+    breaker ever waits on Redis: all Redis I/O happens on the store's background
+    threads. Transitions are written with an atomic compare-and-set (a Lua script) and
+    published; every store subscribes, and re-reads its records every ``sync_interval``
+    seconds in case a message was missed. When a transition loses a race the winner's
+    state is adopted. A new breaker starts CLOSED and adopts the shared state as soon
+    as the background thread has read it (`sync` waits for that). When Redis is
+    unreachable the breakers carry on as local breakers (a warning is logged once per
+    outage); when it returns, or comes back empty, or holds an older state than this
+    store's, the latest state is written back.
 
     Listeners of breakers using this store may be called from the store's background
     thread when the change came from another instance.
@@ -69,6 +74,7 @@ class RedisBreakerStore:
         ```python
         store = RedisBreakerStore(url="redis://localhost:6379/0")
         breaker = CircuitBreaker("billing", store=store)  # shared by every instance
+        store.sync()  # optional, at startup: wait until it has adopted the shared state
         ```
     """
 
@@ -90,6 +96,10 @@ class RedisBreakerStore:
         self._sync_interval = float(sync_interval)
         self._clock = clock or SYSTEM_CLOCK
         self._records: dict[str, BreakerRecord] = {}
+        # The JSON last seen in Redis (or written there) per name. Decoding converts wall
+        # times with an offset measured at that moment, so two decodings of one record
+        # never compare equal: a re-read is recognised by its text instead.
+        self._raw: dict[str, str] = {}
         self._subscribers = Subscribers()
         self._lock = threading.Lock()
         self._writes: queue.Queue[object] = queue.Queue()
@@ -108,21 +118,13 @@ class RedisBreakerStore:
     # -- the BreakerStore protocol (never blocks on Redis) -------------------------------
 
     def load(self, name: str) -> BreakerRecord | None:
-        """Return the mirrored record, reading Redis once for a name not seen yet."""
+        """Return the mirrored record; for a name not seen yet, ``None`` and a background read."""
         record = self._records.get(name)
-        if record is not None:
-            return record
-        try:
-            raw = self._client.get(self._key(name))
-        except Exception as exc:  # noqa: BLE001  (unreachable Redis: decide locally)
-            self._unhealthy(exc)
-            return None
-        if raw is None:
-            return None
-        record = self._decode(raw)
-        with self._lock:
-            self._records.setdefault(name, record)
-            return self._records[name]
+        if record is None:
+            with self._lock:
+                self._idle.clear()
+                self._writes.put(_Read(name))
+        return record
 
     def compare_and_set(
         self, name: str, expected_version: int, record: BreakerRecord
@@ -134,7 +136,7 @@ class RedisBreakerStore:
                 return current
             self._records[name] = record
             self._idle.clear()
-            self._writes.put((name, expected_version, record))
+            self._writes.put((name, record))
         self._subscribers.notify(name, record)
         return record
 
@@ -152,6 +154,33 @@ class RedisBreakerStore:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until queued writes reached Redis (or failed); ``True`` if none are left."""
         return self._idle.wait(timeout)
+
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Write what is queued, re-read every known breaker now, and wait for both.
+
+        Blocks the calling thread (call it off the event loop, for instance at startup
+        so that new breakers start from the shared state). Changes it finds are applied
+        to the breakers before it returns.
+
+        Args:
+            timeout: seconds to wait at most.
+
+        Returns:
+            ``True`` if the round trip completed; ``False`` if Redis did not answer in
+            time (the breakers keep their local state).
+
+        Examples:
+            ```python
+            store = RedisBreakerStore(url="redis://localhost:6379/0")
+            billing = CircuitBreaker("billing", store=store)
+            store.sync()  # billing now has the fleet's state (OPEN, say)
+            ```
+        """
+        done = threading.Event()
+        with self._lock:
+            self._idle.clear()
+            self._writes.put(done)
+        return done.wait(timeout)
 
     def close(self) -> None:
         """Stop the background threads (queued writes are attempted first)."""
@@ -182,27 +211,41 @@ class RedisBreakerStore:
                 "changed_at": record.changed_at + offset,
                 "open_until": None if record.open_until is None else record.open_until + offset,
                 "consecutive_opens": record.consecutive_opens,
+                "open_interval": record.open_interval,
             }
         )
 
-    def _decode(self, raw: bytes | str) -> BreakerRecord:
+    def _decode(self, raw: str) -> BreakerRecord:
         data = json.loads(raw)
         offset = self._clock.monotonic() - self._clock.time()
         open_until = data.get("open_until")
+        open_interval = data.get("open_interval")
         return BreakerRecord(
             state=CircuitState(data["state"]),
             version=int(data["version"]),
             changed_at=float(data["changed_at"]) + offset,
             open_until=None if open_until is None else float(open_until) + offset,
             consecutive_opens=int(data.get("consecutive_opens", 0)),
+            open_interval=None if open_interval is None else float(open_interval),
         )
 
-    def _accept(self, name: str, record: BreakerRecord) -> None:
-        """Make an authoritative record from Redis current here, and tell the breakers."""
+    def _accept(self, name: str, raw: bytes | str, pending: dict[str, BreakerRecord]) -> None:
+        """Take a record read from Redis: adopt it if newer, write ours back if older.
+
+        ``pending`` is the writer's queue of writes; ``None`` from the listener thread,
+        which only adopts (the writer's next re-read writes back).
+        """
+        text = raw.decode() if isinstance(raw, bytes) else raw
         with self._lock:
+            if self._raw.get(name) == text:
+                return  # a record this store has already seen or written
+            record = self._decode(text)
             current = self._records.get(name)
-            if current is not None and (current.version > record.version or current == record):
+            if current is not None and current.version > record.version:
+                # Redis holds an older state (it restarted, or lost a write): ours wins.
+                pending.setdefault(name, current)
                 return
+            self._raw[name] = text
             self._records[name] = record
         self._subscribers.notify(name, record)
 
@@ -221,7 +264,9 @@ class RedisBreakerStore:
     # -- background threads ---------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        pending: dict[str, tuple[int, BreakerRecord]] = {}
+        pending: dict[str, BreakerRecord] = {}
+        reads: set[str] = set()
+        waiting: list[threading.Event] = []
         while True:
             try:
                 item = self._writes.get(timeout=self._sync_interval)
@@ -230,52 +275,72 @@ class RedisBreakerStore:
             if item is _STOP:
                 self._push(pending)
                 return
-            if item is not None:
-                name, expected, record = cast("tuple[str, int, BreakerRecord]", item)
-                earlier = pending.get(name)
-                # Coalesce: keep the oldest expected version with the newest record.
-                pending[name] = (earlier[0] if earlier else expected, record)
-                if not self._writes.empty():
-                    continue
+            resync = item is None
+            if isinstance(item, threading.Event):
+                waiting.append(item)
+                resync = True
+            elif isinstance(item, _Read):
+                reads.add(item.name)
+            elif item is not None:
+                name, record = cast("tuple[str, BreakerRecord]", item)
+                pending[name] = record  # coalesce: the newest record of a name is enough
+            if not self._writes.empty():
+                continue
             self._push(pending)
-            if not pending:
-                self._resync()
+            if reads and self._read(sorted(reads), pending):
+                reads.clear()
+            if resync and not pending and self._read(list(self._records), pending):
+                self._push(pending)  # the write-backs the re-read found necessary
+                if not pending:
+                    for done in waiting:
+                        done.set()
+                    waiting.clear()
             with self._lock:
-                if not pending and self._writes.empty():
+                if not pending and not reads and not waiting and self._writes.empty():
                     self._idle.set()
 
-    def _push(self, pending: dict[str, tuple[int, BreakerRecord]]) -> None:
+    def _push(self, pending: dict[str, BreakerRecord]) -> None:
         for name in list(pending):
-            expected, record = pending[name]
+            record = pending[name]
+            encoded = self._encode(record)
+            with self._lock:
+                self._raw[name] = encoded  # before the write: its own echo is then known
             try:
+                # The mirror already judged the transition; Redis only refuses a record
+                # older than the one it holds. A version-0 record (a new breaker) is
+                # written only where there is none.
                 raw = self._cas(
                     keys=[self._key(name)],
-                    args=[expected, self._encode(record), self._key(name)],
+                    args=[record.version - 1, encoded, self._key(name)],
                 )
             except Exception as exc:  # noqa: BLE001  (keep it queued; retry next round)
                 self._unhealthy(exc)
                 return
             self._recovered()
             del pending[name]
-            stored = self._decode(raw)
-            if stored.version != record.version or stored.state is not record.state:
-                self._accept(name, stored)  # lost the race: adopt the winner
+            self._accept(name, raw, pending)  # a lost race: adopt the winner
 
-    def _resync(self) -> None:
-        names = list(self._records)
+    def _read(self, names: list[str], pending: dict[str, BreakerRecord]) -> bool:
+        """Re-read ``names`` from Redis; queue write-backs where Redis lost our state."""
         if not names:
-            return
+            return True
         try:
             values = self._client.mget([self._key(name) for name in names])
         except Exception as exc:  # noqa: BLE001
             self._unhealthy(exc)
-            return
+            return False
         self._recovered()
         for name, raw in zip(names, values, strict=True):
             if raw is not None:
-                self._accept(name, self._decode(raw))
+                self._accept(name, raw, pending)
+                continue
+            current = self._records.get(name)
+            if current is not None:
+                pending.setdefault(name, current)  # Redis came back empty: write ours back
+        return True
 
     def _listen_loop(self) -> None:
+        ignored: dict[str, BreakerRecord] = {}  # write-backs are the writer's job
         while not self._closed.is_set():
             try:
                 # Typed in some redis-py releases and not in others: call it through Any.
@@ -290,8 +355,16 @@ class RedisBreakerStore:
                     if isinstance(channel, bytes):
                         channel = channel.decode()
                     name = channel[len(self._prefix) :]
-                    self._accept(name, self._decode(message["data"]))
+                    self._accept(name, message["data"], ignored)
+                    ignored.clear()
                 pubsub.close()
             except Exception as exc:  # noqa: BLE001  (reconnect after an outage)
                 self._unhealthy(exc)
                 self._closed.wait(min(self._sync_interval, 1.0))
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A request to the writer thread: read ``name`` from Redis (a breaker just asked)."""
+
+    name: str
