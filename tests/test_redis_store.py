@@ -425,7 +425,8 @@ async def test_purge_counts_by_age_across_consumers(store: RedisStore, client: A
 
 @pytest.mark.anyio
 async def test_redis_refusing_an_operation_is_a_store_error(store: RedisStore, client: Any) -> None:
-    client.set(f"{store.prefix}inbox:c:billing", b"not a sorted set")
+    # The registry of consumers, not a consumer's records (those are corrupt records).
+    client.set(f"{store.prefix}inbox:consumers", b"not a set")
     with pytest.raises(StoreError) as info:
         await store.inbox.record("billing", uuid.uuid4())
     assert not isinstance(info.value, StoreUnavailableError)

@@ -826,7 +826,7 @@ async def test_a_corrupted_outbox_row_is_blocked_and_the_rest_flows(
     with caplog.at_level(logging.WARNING, logger="resilience_kit"):
         claimed = await store.outbox.claim(limit=10, lease_for=HOUR)
     assert ns(claimed) == [("b", 0)]  # a/1 waits behind its corrupted head
-    assert "outbox row 1 is corrupted" in caplog.text
+    assert "the outbox row '1' cannot be read back" in caplog.text
     status = await store.outbox.status()
     assert (status.blocked, status.pending, status.leased) == (1, 1, 1)
     # Repaired by an operator and requeued, the row flows again, in order.

@@ -10,9 +10,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from resilience_kit import _telemetry
 from resilience_kit._checks import check_positive
+from resilience_kit._integrity import corrupt_record
 from resilience_kit.clock import SYSTEM_CLOCK, Clock
-from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._breaker_store import BreakerRecord, CircuitState, Subscribers
+from resilience_kit.errors import ConfigurationError, CorruptRecordError
+from resilience_kit.policies._breaker_store import (
+    BreakerRecord,
+    Subscribers,
+    read_breaker_record,
+)
 from resilience_kit.stores.redis._client import redis_client
 
 if TYPE_CHECKING:
@@ -23,11 +28,16 @@ __all__ = ("RedisBreakerStore",)
 # Compare-and-set: a write wins unless Redis already holds a newer version. Accepting
 # "stored <= expected" (not only "==") lets an instance that kept going on its own during
 # a Redis outage, or after Redis lost its data, write its state back on reconnect.
+# A stored value that is not a record with a numeric version is returned as it is, not
+# overwritten: the store reports it as corrupt and leaves it for an operator.
 _CAS = """
 local current = redis.call('GET', KEYS[1])
 if current then
-    local stored = cjson.decode(current)['version']
-    if stored > tonumber(ARGV[1]) then
+    local ok, decoded = pcall(cjson.decode, current)
+    if not ok or type(decoded) ~= 'table' or type(decoded['version']) ~= 'number' then
+        return current
+    end
+    if decoded['version'] > tonumber(ARGV[1]) then
         return current
     end
 end
@@ -90,6 +100,7 @@ class RedisBreakerStore:
         self._sync_interval = float(sync_interval)
         self._clock = clock or SYSTEM_CLOCK
         self._records: dict[str, BreakerRecord] = {}
+        self._reported: dict[str, bytes | str] = {}  # corrupt values already logged
         self._subscribers = Subscribers()
         self._lock = threading.Lock()
         self._writes: queue.Queue[object] = queue.Queue()
@@ -119,7 +130,9 @@ class RedisBreakerStore:
             return None
         if raw is None:
             return None
-        record = self._decode(raw)
+        record = self._decode(name, raw)
+        if record is None:
+            return None
         with self._lock:
             self._records.setdefault(name, record)
             return self._records[name]
@@ -185,17 +198,39 @@ class RedisBreakerStore:
             }
         )
 
-    def _decode(self, raw: bytes | str) -> BreakerRecord:
-        data = json.loads(raw)
-        offset = self._clock.monotonic() - self._clock.time()
-        open_until = data.get("open_until")
-        return BreakerRecord(
-            state=CircuitState(data["state"]),
-            version=int(data["version"]),
-            changed_at=float(data["changed_at"]) + offset,
-            open_until=None if open_until is None else float(open_until) + offset,
-            consecutive_opens=int(data.get("consecutive_opens", 0)),
-        )
+    def _decode(self, name: str, raw: bytes | str) -> BreakerRecord | None:
+        """The record in ``raw``, or ``None`` (logged) when it is corrupt.
+
+        A corrupt record is never raised into a breaker's call and never overwritten:
+        breakers of that name decide locally, as during an outage, until an operator
+        deletes the key.
+        """
+        store = f"RedisBreakerStore(prefix={self._prefix!r})"
+        try:
+            try:
+                data = json.loads(raw)
+            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+                raise corrupt_record(
+                    store=store, kind="breaker record", record=self._key(name), problem="not JSON"
+                ) from exc
+            if not isinstance(data, dict):
+                raise corrupt_record(
+                    store=store,
+                    kind="breaker record",
+                    record=self._key(name),
+                    problem="not a JSON object",
+                )
+            offset = self._clock.monotonic() - self._clock.time()
+            return read_breaker_record(
+                store=store, name=self._key(name), fields=data, offset=offset
+            )
+        except CorruptRecordError as exc:
+            if self._reported.get(name) != raw:  # once per value, not once per re-read
+                self._reported[name] = raw
+                _telemetry.logger.warning(
+                    "breaker store: %s; breakers of %r decide locally", exc, name
+                )
+            return None
 
     def _accept(self, name: str, record: BreakerRecord) -> None:
         """Make an authoritative record from Redis current here, and tell the breakers."""
@@ -257,7 +292,9 @@ class RedisBreakerStore:
                 return
             self._recovered()
             del pending[name]
-            stored = self._decode(raw)
+            stored = self._decode(name, raw)
+            if stored is None:  # a corrupt value: not written over, and nothing to adopt
+                continue
             if stored.version != record.version or stored.state is not record.state:
                 self._accept(name, stored)  # lost the race: adopt the winner
 
@@ -272,8 +309,9 @@ class RedisBreakerStore:
             return
         self._recovered()
         for name, raw in zip(names, values, strict=True):
-            if raw is not None:
-                self._accept(name, self._decode(raw))
+            record = None if raw is None else self._decode(name, raw)
+            if record is not None:
+                self._accept(name, record)
 
     def _listen_loop(self) -> None:
         while not self._closed.is_set():
@@ -290,7 +328,9 @@ class RedisBreakerStore:
                     if isinstance(channel, bytes):
                         channel = channel.decode()
                     name = channel[len(self._prefix) :]
-                    self._accept(name, self._decode(message["data"]))
+                    record = self._decode(name, message["data"])
+                    if record is not None:
+                        self._accept(name, record)
                 pubsub.close()
             except Exception as exc:  # noqa: BLE001  (reconnect after an outage)
                 self._unhealthy(exc)
