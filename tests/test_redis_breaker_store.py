@@ -141,3 +141,63 @@ def test_configuration_errors(redis_url: str) -> None:
         RedisBreakerStore(url=redis_url, prefix="")
     with pytest.raises(ConfigurationError, match="sync_interval"):
         RedisBreakerStore(url=redis_url, sync_interval=0)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"state": "closed", "version": -1, "changed_at": 0.0}',
+        b'{"state": "closed", "version": 1.5, "changed_at": 0.0}',
+        b'{"state": "closed", "changed_at": 0.0}',
+    ],
+)
+def test_a_record_whose_version_is_unreadable_is_logged_and_never_written_over(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture, garbage: bytes
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    key = f"{prefix}billing"
+    client.set(key, garbage)
+    clock = VirtualClock()
+    with (
+        caplog.at_level("WARNING", logger="resilience_kit"),
+        RedisBreakerStore(url=redis_url, prefix=prefix, sync_interval=0.05) as store,
+    ):
+        local = breaker("billing", store, clock)  # decides locally
+        assert local.call(lambda: 1) == 1
+        fail(local, 2)
+        assert local.state is CircuitState.OPEN
+        assert store.flush(WAIT)
+        assert store.healthy  # Redis answered: not an outage
+    assert client.get(key) == garbage  # the compare-and-set cannot arbitrate against it
+    warnings = [r.getMessage() for r in caplog.records if "breaker record" in r.getMessage()]
+    assert len(warnings) == 1  # once, not once per re-read
+    assert key in warnings[0]
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b'{"state": "ajar", "version": 0, "changed_at": 0.0}',
+        b'{"state": "open", "version": 0, "changed_at": 0.0, "open_until": null}',
+        b'{"state": "closed", "version": 0, "changed_at": "noon"}',
+    ],
+)
+def test_a_corrupt_record_with_a_readable_version_is_replaced_by_the_next_transition(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture, garbage: bytes
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    key = f"{prefix}billing"
+    client.set(key, garbage)
+    with (
+        caplog.at_level("WARNING", logger="resilience_kit"),
+        RedisBreakerStore(url=redis_url, prefix=prefix, sync_interval=0.05) as store,
+    ):
+        local = breaker("billing", store, VirtualClock())
+        fail(local, 2)
+        assert store.flush(WAIT)
+    assert b'"open"' in client.get(key)  # an ordinary compare-and-set won
+    assert any("cannot be read back" in r.getMessage() for r in caplog.records)
+    client.close()

@@ -408,6 +408,9 @@ async def test_keys_that_cannot_be_serialised_are_refused(
         b"rk1|nope",
         b"xx1|1|0.0|60.0||1",  # not our format
         b'rk1|99|0.0|60.0||"not an int"',  # fails the value type
+        b"rk1|99|60.0|0.0||1",  # expires before it was loaded
+        b"rk1|99|0.0|60.0|30.0|1",  # retained for less than its freshness
+        b"rk1|99|nan|60.0||1",  # not a time
     ],
 )
 async def test_garbage_in_redis_is_a_logged_miss(

@@ -818,6 +818,22 @@ async def test_a_corrupted_idempotency_record_is_a_typed_error(
 
 
 @pytest.mark.anyio
+async def test_an_inbox_record_with_an_unreadable_time_still_counts_and_purge_keeps_it(
+    store: SQLiteStore, path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    undated, old = uuid4(), uuid4()
+    assert await store.inbox.record("billing", undated)
+    assert await store.inbox.record("billing", old)
+    raw(path, "UPDATE rk_inbox SET processed_at = 'soon' WHERE event_id = ?", (undated.bytes,))
+    with caplog.at_level(logging.WARNING, logger="resilience_kit"):
+        assert await store.inbox.purge(older_than=-1) == 1  # the dated one goes
+    assert f"the inbox record 'billing/{undated}' cannot be read back" in caplog.text
+    assert await store.inbox.contains("billing", undated)  # processed: never run twice
+    assert not await store.inbox.record("billing", undated)
+    assert raw(path, "SELECT processed_at FROM rk_inbox") == [("soon",)]
+
+
+@pytest.mark.anyio
 async def test_a_corrupted_outbox_row_is_blocked_and_the_rest_flows(
     store: SQLiteStore, path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -28,16 +28,18 @@ __all__ = ("RedisBreakerStore",)
 # Compare-and-set: a write wins unless Redis already holds a newer version. Accepting
 # "stored <= expected" (not only "==") lets an instance that kept going on its own during
 # a Redis outage, or after Redis lost its data, write its state back on reconnect.
-# A stored value that is not a record with a numeric version is returned as it is, not
-# overwritten: the store reports it as corrupt and leaves it for an operator.
+# A stored value whose version cannot be read (the one field the compare-and-set
+# arbitrates on) is returned as it is, never overwritten: the store reports it as
+# corrupt and leaves it for an operator. A readable version arbitrates as usual.
 _CAS = """
 local current = redis.call('GET', KEYS[1])
 if current then
     local ok, decoded = pcall(cjson.decode, current)
-    if not ok or type(decoded) ~= 'table' or type(decoded['version']) ~= 'number' then
+    local version = ok and type(decoded) == 'table' and decoded['version']
+    if type(version) ~= 'number' or version < 0 or version % 1 ~= 0 then
         return current
     end
-    if decoded['version'] > tonumber(ARGV[1]) then
+    if version > tonumber(ARGV[1]) then
         return current
     end
 end
