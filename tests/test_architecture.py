@@ -143,6 +143,7 @@ LAYERS: dict[str, str] = {
     "resilience_kit.typing": "resilience_kit",
     "resilience_kit._checks": "kernel",
     "resilience_kit._codec": "kernel",
+    "resilience_kit._integrity": "kernel",
     "resilience_kit.clock": "kernel",
     "resilience_kit._config": "kernel",
     "resilience_kit.errors": "kernel",

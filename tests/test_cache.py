@@ -897,9 +897,11 @@ def test_instruments_are_registered_once_per_provider() -> None:
     provider = MeterProvider(metric_readers=[reader])
     rk_telemetry.configure(meter_provider=provider)
     try:
-        make(Source(), VirtualClock(), name="once-a")
-        make(Source(), VirtualClock(), name="once-b")  # no duplicate-instrument warning
-        names = [m.name for _, m in _metrics_of(reader)]
+        # Kept alive: caches are observed through weak references, and a garbage
+        # collection between here and the reading would leave nothing to report.
+        caches = [make(Source(), VirtualClock(), name=name) for name in ("once-a", "once-b")]
+        names = [m.name for _, m in _metrics_of(reader)]  # no duplicate-instrument warning
+        del caches
     finally:
         rk_telemetry.configure()
     assert sorted(set(names)) == sorted(METRIC_NAMES.values())

@@ -70,81 +70,6 @@ def breaker(name: str, store: RedisBreakerStore, clock: VirtualClock) -> Circuit
     )
 
 
-def test_two_instances_open_and_close_together(
-    stores: tuple[RedisBreakerStore, RedisBreakerStore],
-) -> None:
-    clock = VirtualClock()
-    a = breaker("billing", stores[0], clock)
-    b = breaker("billing", stores[1], clock)
-    seen_by_b = Watcher(b)
-
-    fail(a, 2)
-    assert a.state is CircuitState.OPEN
-    assert seen_by_b.wait_for(CircuitState.OPEN), "B never saw A open the breaker"
-    with pytest.raises(CircuitOpenError) as rejected:
-        b.call(lambda: "not called")
-    assert rejected.value.retry_after == pytest.approx(30.0, abs=0.5)
-
-    clock.advance(30.0)
-    assert a.call(lambda: "probe ok") == "probe ok"  # half-open probe closes A
-    assert a.state is CircuitState.CLOSED
-    assert seen_by_b.wait_for(CircuitState.CLOSED), "B never saw A close the breaker"
-    assert b.call(lambda: "through") == "through"
-
-
-def test_operator_actions_propagate(stores: tuple[RedisBreakerStore, RedisBreakerStore]) -> None:
-    clock = VirtualClock()
-    a = breaker("search", stores[0], clock)
-    b = breaker("search", stores[1], clock)
-    seen_by_b = Watcher(b)
-    a.force_open()
-    assert seen_by_b.wait_for(CircuitState.FORCED_OPEN)
-    with pytest.raises(CircuitOpenError) as rejected:
-        b.call(lambda: None)
-    assert rejected.value.retry_after is None
-    a.reset()
-    assert seen_by_b.wait_for(CircuitState.CLOSED)
-
-
-def test_a_new_instance_starts_from_the_shared_state(
-    redis_url: str, prefix: str, stores: tuple[RedisBreakerStore, RedisBreakerStore]
-) -> None:
-    clock = VirtualClock()
-    a = breaker("profile", stores[0], clock)
-    fail(a, 2)
-    assert stores[0].flush(WAIT)
-    with RedisBreakerStore(url=redis_url, prefix=prefix) as late_store:
-        late = breaker("profile", late_store, clock)
-        assert late_store.sync(WAIT)
-        assert late.state is CircuitState.OPEN
-
-
-def test_racing_transitions_converge_on_one_winner(
-    stores: tuple[RedisBreakerStore, RedisBreakerStore],
-) -> None:
-    clock = VirtualClock()
-    a = breaker("race", stores[0], clock)
-    b = breaker("race", stores[1], clock)
-    changed = threading.Condition()
-
-    def notify(_: StateTransition) -> None:
-        with changed:
-            changed.notify_all()
-
-    a.add_listener(notify)
-    b.add_listener(notify)
-    # Both move from the same version at the same time, to different states.
-    a.force_open()
-    b.disable()
-    with changed:
-        agreed = changed.wait_for(lambda: a.state is b.state, timeout=WAIT)
-    assert agreed, (a.state, b.state)
-    assert a.state in (CircuitState.FORCED_OPEN, CircuitState.DISABLED)
-    assert stores[0].flush(WAIT)
-    assert stores[1].flush(WAIT)
-    assert a.state is b.state
-
-
 def test_redis_outage_degrades_to_a_local_breaker(caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()  # nothing listens here
     clock = VirtualClock()
@@ -365,3 +290,64 @@ def test_a_state_written_back_by_another_instance_keeps_the_window(
         assert store.sync(WAIT)  # both write the same state back; one of them wins
     assert (a.state, b.state) == (CircuitState.CLOSED, CircuitState.CLOSED)
     assert (a.metrics().calls, b.metrics().calls) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"state": "closed", "version": -1, "changed_at": 0.0}',
+        b'{"state": "closed", "version": 1.5, "changed_at": 0.0}',
+        b'{"state": "closed", "changed_at": 0.0}',
+    ],
+)
+def test_a_record_whose_version_is_unreadable_is_logged_and_never_written_over(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture, garbage: bytes
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    key = f"{prefix}billing"
+    client.set(key, garbage)
+    clock = VirtualClock()
+    with (
+        caplog.at_level("WARNING", logger="resilience_kit"),
+        RedisBreakerStore(url=redis_url, prefix=prefix, sync_interval=0.05) as store,
+    ):
+        local = breaker("billing", store, clock)  # decides locally
+        assert local.call(lambda: 1) == 1
+        fail(local, 2)
+        assert local.state is CircuitState.OPEN
+        assert store.flush(WAIT)
+        assert store.healthy  # Redis answered: not an outage
+    assert client.get(key) == garbage  # the compare-and-set cannot arbitrate against it
+    warnings = [r.getMessage() for r in caplog.records if "breaker record" in r.getMessage()]
+    assert len(warnings) == 1  # once, not once per re-read
+    assert key in warnings[0]
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b'{"state": "ajar", "version": 0, "changed_at": 0.0}',
+        b'{"state": "open", "version": 0, "changed_at": 0.0, "open_until": null}',
+        b'{"state": "closed", "version": 0, "changed_at": "noon"}',
+    ],
+)
+def test_a_corrupt_record_with_a_readable_version_is_replaced_by_the_next_transition(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture, garbage: bytes
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    key = f"{prefix}billing"
+    client.set(key, garbage)
+    with (
+        caplog.at_level("WARNING", logger="resilience_kit"),
+        RedisBreakerStore(url=redis_url, prefix=prefix, sync_interval=0.05) as store,
+    ):
+        local = breaker("billing", store, VirtualClock())
+        assert store.sync(WAIT)  # the store reads the key (in the background) and reports it
+        fail(local, 2)
+        assert store.flush(WAIT)
+    assert b'"open"' in client.get(key)  # an ordinary compare-and-set won
+    assert any("cannot be read back" in r.getMessage() for r in caplog.records)
+    client.close()

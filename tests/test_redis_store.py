@@ -424,8 +424,28 @@ async def test_purge_counts_by_age_across_consumers(store: RedisStore, client: A
 
 
 @pytest.mark.anyio
+async def test_another_type_under_a_consumers_key_is_a_corrupt_record(
+    store: RedisStore, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = f"{store.prefix}inbox:c:billing"
+    client.set(key, b"not a sorted set")
+    event_id = uuid.uuid4()
+    for call in (store.inbox.record, store.inbox.contains, store.inbox.forget):
+        with pytest.raises(CorruptRecordError, match="holds a string, not a sorted set") as info:
+            await call("billing", event_id)
+        assert info.value.record == key
+    assert await store.inbox.record("shipping", event_id)  # other consumers are served
+    client.sadd(f"{store.prefix}inbox:consumers", "billing")
+    with caplog.at_level(logging.WARNING, logger="resilience_kit"):
+        assert await store.inbox.purge(older_than=-1) == 1  # shipping's record; billing skipped
+    assert key in caplog.text
+    assert client.get(key) == b"not a sorted set"  # left as it was
+
+
+@pytest.mark.anyio
 async def test_redis_refusing_an_operation_is_a_store_error(store: RedisStore, client: Any) -> None:
-    client.set(f"{store.prefix}inbox:c:billing", b"not a sorted set")
+    # The registry of consumers, not a consumer's records (those are corrupt records).
+    client.set(f"{store.prefix}inbox:consumers", b"not a set")
     with pytest.raises(StoreError) as info:
         await store.inbox.record("billing", uuid.uuid4())
     assert not isinstance(info.value, StoreUnavailableError)

@@ -826,6 +826,22 @@ async def test_a_corrupted_idempotency_record_is_a_typed_error(
 
 
 @pytest.mark.anyio
+async def test_an_inbox_record_with_an_unreadable_time_still_counts_and_purge_keeps_it(
+    store: SQLiteStore, path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    undated, old = uuid4(), uuid4()
+    assert await store.inbox.record("billing", undated)
+    assert await store.inbox.record("billing", old)
+    raw(path, "UPDATE rk_inbox SET processed_at = 'soon' WHERE event_id = ?", (undated.bytes,))
+    with caplog.at_level(logging.WARNING, logger="resilience_kit"):
+        assert await store.inbox.purge(older_than=-1) == 1  # the dated one goes
+    assert f"the inbox record 'billing/{undated}' cannot be read back" in caplog.text
+    assert await store.inbox.contains("billing", undated)  # processed: never run twice
+    assert not await store.inbox.record("billing", undated)
+    assert raw(path, "SELECT processed_at FROM rk_inbox") == [("soon",)]
+
+
+@pytest.mark.anyio
 async def test_a_corrupted_outbox_row_is_blocked_and_the_rest_flows(
     store: SQLiteStore, path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -834,7 +850,7 @@ async def test_a_corrupted_outbox_row_is_blocked_and_the_rest_flows(
     with caplog.at_level(logging.WARNING, logger="resilience_kit"):
         claimed = await store.outbox.claim(limit=10, lease_for=HOUR)
     assert ns(claimed) == [("b", 0)]  # a/1 waits behind its corrupted head
-    assert "outbox row 1 is corrupted" in caplog.text
+    assert "the outbox row '1' cannot be read back" in caplog.text
     status = await store.outbox.status()
     assert (status.blocked, status.pending, status.leased) == (1, 1, 1)
     # Repaired by an operator and requeued, the row flows again, in order.

@@ -150,3 +150,114 @@ def _kafka_on_trio(item: pytest.Item) -> bool:
         return False
     params = callspec.params
     return bool(params.get("transport") == "kafka" and params.get("anyio_backend") == "trio")
+
+
+# -- breaker stores and cache stores: "two instances" of a service sharing state ----------
+
+
+@dataclass
+class SharedStores:
+    """Two stores that share one state, as two instances of a service would.
+
+    In memory both are the same object (instances in one process share the store); in
+    Redis they are two clients on one prefix. ``another`` opens a further one (closed at
+    the end of the test); ``flush`` waits until the stores' writes reached the backend.
+    """
+
+    name: str
+    first: Any
+    second: Any
+    another: Callable[[], Any]
+    flush: Callable[[float], bool]
+    clock: VirtualClock
+
+
+def _memory_breakers() -> Iterator[SharedStores]:
+    from resilience_kit.stores.memory import InMemoryBreakerStore  # noqa: PLC0415
+
+    store = InMemoryBreakerStore()
+    yield SharedStores("memory", store, store, lambda: store, lambda _: True, VirtualClock())
+
+
+def _redis_breakers(url: str) -> Iterator[SharedStores]:
+    import redis  # noqa: PLC0415
+
+    from resilience_kit.stores.redis import RedisBreakerStore  # noqa: PLC0415
+
+    prefix = f"test:{uuid.uuid4().hex}:"
+    opened: list[Any] = []
+
+    def another() -> Any:
+        opened.append(RedisBreakerStore(url=url, prefix=prefix, sync_interval=0.05))
+        return opened[-1]
+
+    first, second = another(), another()
+
+    def flush(timeout: float) -> bool:
+        flushed = [store.flush(timeout) for store in opened]  # every one, not the first only
+        return all(flushed)
+
+    try:
+        yield SharedStores("redis", first, second, another, flush, VirtualClock())
+    finally:
+        for store in opened:
+            store.close()
+        _drop_keys(redis, url, prefix)
+
+
+def _memory_caches() -> Iterator[SharedStores]:
+    from resilience_kit.caching import InMemoryCacheStore  # noqa: PLC0415
+
+    store: Any = InMemoryCacheStore()
+    yield SharedStores("memory", store, store, lambda: store, lambda _: True, VirtualClock())
+
+
+def _redis_caches(url: str) -> Iterator[SharedStores]:
+    import redis  # noqa: PLC0415
+
+    from resilience_kit.stores.redis import RedisCacheStore  # noqa: PLC0415
+
+    prefix = f"test:{uuid.uuid4().hex}:"
+    # Records hold times on the cache clock: a virtual clock at 0 makes these records current.
+    clock = VirtualClock()
+    opened: list[Any] = []
+
+    def another() -> Any:
+        opened.append(RedisCacheStore[Any, Any](url=url, prefix=prefix, clock=clock))
+        return opened[-1]
+
+    first, second = another(), another()
+    try:
+        yield SharedStores("redis", first, second, another, lambda _: True, clock)
+    finally:
+        for store in opened:
+            store.close()
+        _drop_keys(redis, url, prefix)
+
+
+def _drop_keys(redis: Any, url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def breaker_stores(request: pytest.FixtureRequest) -> Iterator[SharedStores]:
+    """Every breaker store: two instances sharing one breaker state."""
+    if request.param == "memory":
+        yield from _memory_breakers()
+    else:
+        yield from _redis_breakers(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cache_stores(request: pytest.FixtureRequest) -> Iterator[SharedStores]:
+    """Every cache store: two instances sharing one cache's records and invalidations."""
+    if request.param == "memory":
+        yield from _memory_caches()
+    else:
+        yield from _redis_caches(request.getfixturevalue("redis_url"))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from resilience_kit._checks import check_int
+from resilience_kit._integrity import RecordReader
 
-__all__ = ("CacheRecord", "CacheStore", "InMemoryCacheStore")
+__all__ = ("CacheRecord", "CacheStore", "InMemoryCacheStore", "read_cache_record")
 
 K = TypeVar("K", bound=Hashable)
 K_contra = TypeVar("K_contra", bound=Hashable, contravariant=True)
@@ -41,6 +42,52 @@ class CacheRecord(Generic[V]):
     loaded_at: float
     expires_at: float
     retain_until: float | None
+
+
+def read_cache_record(
+    *, store: str, key: object, value: V, fields: Mapping[str, object], offset: float = 0.0
+) -> CacheRecord[V]:
+    """The cache record of ``value`` with the times in ``fields``, or `CorruptRecordError`.
+
+    The rule of every cache store: ``loaded_at`` and ``expires_at`` are finite numbers
+    with ``expires_at >= loaded_at``; ``retain_until`` is absent (keep while there is
+    room) or a finite number ``>= expires_at`` (no policy retains a record for less
+    than its freshness). ``offset`` is added to the three times (a store translating
+    wall time back to the clock's monotonic scale). Decoding ``value`` is the store's
+    own business, done before.
+
+    Args:
+        store: the store's repr.
+        key: the cache key (or the key it is stored under).
+        value: the decoded value.
+        fields: the times, as the backend read them.
+        offset: seconds added to each time.
+
+    Raises:
+        CorruptRecordError: a time is missing, not a finite number, or out of order.
+
+    Examples:
+        >>> read_cache_record(store="redis", key="k", value=1, fields={
+        ...     "loaded_at": 10.0, "expires_at": 5.0, "retain_until": None})
+        Traceback (most recent call last):
+        ...
+        resilience_kit.errors.CorruptRecordError: redis: the cache record 'k' cannot be read \
+back (expires_at 5.0 is before loaded_at 10.0)
+    """
+    reader = RecordReader(store=store, kind="cache record", record=key, fields=fields)
+    loaded_at = reader.number("loaded_at", finite=True)
+    expires_at = reader.number("expires_at", finite=True)
+    retain_until = reader.optional_number("retain_until", finite=True)
+    if expires_at < loaded_at:
+        raise reader.corrupt(f"expires_at {expires_at} is before loaded_at {loaded_at}")
+    if retain_until is not None and retain_until < expires_at:
+        raise reader.corrupt(f"retain_until {retain_until} is before expires_at {expires_at}")
+    return CacheRecord(
+        value,
+        loaded_at + offset,
+        expires_at + offset,
+        None if retain_until is None else retain_until + offset,
+    )
 
 
 @runtime_checkable

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from resilience_kit import _telemetry
+from resilience_kit._integrity import RecordReader
 
 
 class CircuitState(str, enum.Enum):
@@ -60,6 +61,61 @@ class BreakerRecord:
     open_until: float | None = None
     consecutive_opens: int = 0
     open_interval: float | None = None
+
+
+_STATES = tuple(state.value for state in CircuitState)
+
+
+def read_breaker_record(
+    *, store: str, name: str, fields: Mapping[str, object], offset: float = 0.0
+) -> BreakerRecord:
+    """The breaker record in ``fields``, or `CorruptRecordError`: the rule of every breaker store.
+
+    Fields: ``state`` (a `CircuitState` value), ``version`` and ``consecutive_opens``
+    (integers >= 0; ``consecutive_opens`` may be absent, as in records written before
+    it existed), ``changed_at`` (a finite number), ``open_until`` (a finite number,
+    present exactly when the state is ``open``) and ``open_interval`` (a finite number
+    >= 0 or absent: the latest open interval, which decorrelated jitter grows from).
+    ``offset`` is added to both times (a store translating wall time back to the
+    clock's monotonic scale).
+
+    Args:
+        store: the store's repr.
+        name: the breaker's name (or the key it is stored under).
+        fields: what the backend read.
+        offset: seconds added to ``changed_at`` and ``open_until``.
+
+    Raises:
+        CorruptRecordError: a field is missing, of the wrong type or out of range, or an
+            open breaker has no ``open_until``.
+
+    Examples:
+        >>> read_breaker_record(store="redis", name="billing", fields={
+        ...     "state": "open", "version": 3, "changed_at": 10.0, "open_until": None})
+        Traceback (most recent call last):
+        ...
+        resilience_kit.errors.CorruptRecordError: redis: the breaker record 'billing' cannot \
+be read back (state 'open' without open_until)
+    """
+    reader = RecordReader(store=store, kind="breaker record", record=name, fields=fields)
+    state = CircuitState(reader.choice("state", _STATES))
+    version = reader.count("version")
+    changed_at = reader.number("changed_at", finite=True)
+    open_until = reader.optional_number("open_until", finite=True)
+    if state is CircuitState.OPEN and open_until is None:
+        raise reader.corrupt("state 'open' without open_until")
+    opens = reader.count("consecutive_opens") if "consecutive_opens" in fields else 0
+    interval = reader.optional_number("open_interval", finite=True)
+    if interval is not None and interval < 0:
+        raise reader.corrupt(f"negative open_interval {interval!r}")
+    return BreakerRecord(
+        state=state,
+        version=version,
+        changed_at=changed_at + offset,
+        open_until=None if open_until is None else open_until + offset,
+        consecutive_opens=opens,
+        open_interval=interval,
+    )
 
 
 @runtime_checkable

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
+from resilience_kit import _telemetry
+from resilience_kit.errors import CorruptRecordError
+from resilience_kit.messaging._integrity import DEAD_LETTER_FIELDS, read_dead_letter
 from resilience_kit.messaging._records import DeadLetter, DeadLetterFilter
 
 __all__ = ("MemoryDeadLetterStore",)
@@ -38,9 +41,20 @@ class MemoryDeadLetterStore:
         """Store ``letter`` (a second put of the same id changes nothing)."""
         self.put_now(letter)
 
+    def _checked(self, letter: DeadLetter) -> DeadLetter:
+        # The same rule as every backend's, though nothing here is decoded: a letter put
+        # in memory with a bad field fails where a stored one would.
+        fields = {name: getattr(letter, name) for name in DEAD_LETTER_FIELDS}
+        return read_dead_letter(store=repr(self), record=letter.id, fields=fields)
+
     async def get(self, letter_id: UUID) -> DeadLetter | None:
-        """The dead letter with this id, or ``None``."""
-        return self._letters.get(letter_id)
+        """The dead letter with this id, or ``None``.
+
+        Raises:
+            CorruptRecordError: the stored letter breaks the rules of a dead letter.
+        """
+        letter = self._letters.get(letter_id)
+        return None if letter is None else self._checked(letter)
 
     def _matching(self, where: DeadLetterFilter) -> list[DeadLetter]:
         return sorted(
@@ -51,9 +65,21 @@ class MemoryDeadLetterStore:
     async def list(
         self, where: DeadLetterFilter, *, limit: int = 100, after: UUID | None = None
     ) -> list[DeadLetter]:
-        """Matching dead letters in id (time) order, after the ``after`` cursor."""
-        found = [letter for letter in self._matching(where) if after is None or letter.id > after]
-        return found[:limit]
+        """Matching dead letters in id (time) order, after the ``after`` cursor.
+
+        A corrupted letter is skipped (and logged), never raised.
+        """
+        found: list[DeadLetter] = []
+        for letter in self._matching(where):
+            if len(found) >= limit:
+                break
+            if after is not None and letter.id <= after:
+                continue
+            try:
+                found.append(self._checked(letter))
+            except CorruptRecordError as error:
+                _telemetry.logger.warning("%s; skipping it in a listing", error)
+        return found
 
     async def count(self, where: DeadLetterFilter) -> int:
         """How many dead letters match."""

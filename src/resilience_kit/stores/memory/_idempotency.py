@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import anyio.lowlevel
 
 from resilience_kit.clock import Clock, resolve_clock
+from resilience_kit.messaging._integrity import read_idempotency_record
 from resilience_kit.messaging._records import IdempotencyRecord, IdempotencyStatus
 
 __all__ = ("MemoryIdempotencyStore",)
@@ -73,15 +74,17 @@ class MemoryIdempotencyStore:
         entry = self._entries.get(key)
         return None if entry is None or entry.expires_at <= now else entry
 
-    @staticmethod
-    def _record(key: str, entry: _Entry, now: float) -> IdempotencyRecord:
-        return IdempotencyRecord(
+    def _record(self, key: str, entry: _Entry, now: float) -> IdempotencyRecord:
+        return read_idempotency_record(
+            store=repr(self),
             key=key,
-            fingerprint=entry.fingerprint,
-            status=entry.status,
-            token=entry.token,
-            result=entry.result,
-            expires_in=entry.expires_at - now,
+            fields={
+                "fingerprint": entry.fingerprint,
+                "status": entry.status,
+                "token": entry.token,
+                "result": entry.result,
+                "expires_in": entry.expires_at - now,
+            },
         )
 
     def _owned(self, key: str, token: str, now: float) -> _Entry | None:

@@ -12,7 +12,10 @@ from typing import Any
 
 import anyio
 
+from resilience_kit import _telemetry
 from resilience_kit.clock import Clock
+from resilience_kit.errors import CorruptRecordError
+from resilience_kit.messaging._integrity import read_outbox_message
 from resilience_kit.messaging._protocols import OutboxEntry
 from resilience_kit.messaging._records import (
     BlockedRow,
@@ -30,6 +33,12 @@ PENDING, LEASED, BLOCKED, PUBLISHED = "pending", "leased", "blocked", "published
 
 def _moment(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)
+
+
+def _seconds(value: object) -> datetime:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("not Unix seconds")
+    return datetime.fromtimestamp(value, timezone.utc)
 
 
 @dataclass(slots=True)
@@ -140,22 +149,36 @@ class MemoryOutboxStore:
                 row = self._rows[position]
                 if not self._claimable(row, now):
                     break
+                try:
+                    message = self._message(row, lease, row.attempts + 1)
+                except CorruptRecordError as error:
+                    # The rule of every backend: blocked (never deleted), and its key
+                    # waits behind it until an operator repairs and requeues it.
+                    _telemetry.logger.warning(
+                        "%s; blocking the row until it is repaired and requeued", error
+                    )
+                    row.state, row.lease, row.last_error = BLOCKED, None, f"corrupted row: {error}"
+                    break
                 row.state, row.lease, row.lease_until = LEASED, lease, now + lease_for
                 row.attempts += 1
-                claimed.append(self._message(row))
+                claimed.append(message)
         return claimed
 
-    def _message(self, row: _Row) -> OutboxMessage:
-        return OutboxMessage(
+    def _message(self, row: _Row, lease: str, attempts: int) -> OutboxMessage:
+        return read_outbox_message(
+            store=repr(self),
             position=row.position,
-            topic=row.topic,
-            key=row.key,
-            data=row.data,
-            attempts=row.attempts,
-            lease=row.lease or "",
-            created_at=datetime.fromtimestamp(row.created_at, timezone.utc),
-            last_error=row.last_error,
-            first_failed_at=_moment(row.first_failed_at),
+            lease=lease,
+            fields={
+                "topic": row.topic,
+                "key": row.key,
+                "data": row.data,
+                "attempts": attempts,
+                "created_at": row.created_at,
+                "last_error": row.last_error,
+                "first_failed_at": row.first_failed_at,
+            },
+            time=_seconds,
         )
 
     def _held(self, message: OutboxMessage) -> _Row | None:

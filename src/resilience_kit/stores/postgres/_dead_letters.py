@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timezone
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from resilience_kit.errors import CorruptRecordError
+from resilience_kit.messaging._integrity import read_dead_letter
 from resilience_kit.messaging._records import DeadLetter, DeadLetterFilter, _utc
 
 if TYPE_CHECKING:
@@ -54,45 +54,12 @@ def letter_row(letter: DeadLetter) -> tuple[Any, ...]:
     )
 
 
+_FIELDS = tuple(name.strip() for name in COLUMNS.split(","))
+
+
 def _letter(row: Sequence[Any], store: str) -> DeadLetter:
     """Read a row back, or raise `CorruptRecordError` naming it."""
-    try:
-        (
-            letter_id,
-            source,
-            topic,
-            key,
-            _event_type,
-            error_type,
-            message,
-            traceback,
-            attempts,
-            first_failed_at,
-            last_failed_at,
-            dead_lettered_at,
-            replays,
-            data,
-        ) = row
-        return DeadLetter(
-            id=letter_id,
-            source=source,
-            topic=topic,
-            data=bytes(data),
-            error_type=error_type,
-            error_message=bytes(message).decode("utf-8", "surrogatepass"),
-            traceback=bytes(traceback).decode("utf-8", "surrogatepass"),
-            attempts=int(attempts),
-            first_failed_at=first_failed_at.astimezone(timezone.utc),
-            last_failed_at=last_failed_at.astimezone(timezone.utc),
-            dead_lettered_at=dead_lettered_at.astimezone(timezone.utc),
-            key=key,
-            replays=int(replays),
-        )
-    except (ValueError, TypeError, AttributeError) as exc:
-        record = str(row[0]) if row else "?"
-        raise CorruptRecordError(
-            f"dead letter {record} cannot be read back: {exc}", store=store, record=record
-        ) from None
+    return read_dead_letter(store=store, record=row[0], fields=dict(zip(_FIELDS, row, strict=True)))
 
 
 class PostgresDeadLetterStore:

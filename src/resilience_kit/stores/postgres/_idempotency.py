@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from resilience_kit.errors import CorruptRecordError, StoreError
+from resilience_kit.errors import StoreError
+from resilience_kit.messaging._integrity import read_idempotency_record
 from resilience_kit.messaging._records import IdempotencyRecord
 from resilience_kit.stores.postgres._db import seconds
 
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
 
 __all__ = ("PostgresIdempotencyStore",)
 
-_STATUSES = ("in_progress", "completed")
 _RECORD = (
     "key, fingerprint, status, token, result,"
     " extract(epoch FROM expires_at - now())::float8 AS expires_in"
@@ -41,20 +41,16 @@ RETURNING {_RECORD}
 
 def _record(row: Sequence[Any], store: str) -> IdempotencyRecord:
     key, fingerprint, status, token, result, expires_in = row
-    if status not in _STATUSES or (status == "completed") != (result is not None):
-        raise CorruptRecordError(
-            f"idempotency record {key!r} cannot be read back: status {status!r}"
-            f" with{'' if result is not None else 'out'} a result",
-            store=store,
-            record=str(key),
-        )
-    return IdempotencyRecord(
-        key=key,
-        fingerprint=fingerprint,
-        status=status,
-        token=token,
-        result=bytes(result) if result is not None else None,
-        expires_in=float(expires_in),
+    return read_idempotency_record(
+        store=store,
+        key=str(key),
+        fields={
+            "fingerprint": fingerprint,
+            "status": status,
+            "token": token,
+            "result": result,
+            "expires_in": expires_in,
+        },
     )
 
 

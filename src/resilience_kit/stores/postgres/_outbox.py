@@ -55,7 +55,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from resilience_kit.errors import ConfigurationError
+from resilience_kit import _telemetry
+from resilience_kit.errors import ConfigurationError, CorruptRecordError
+from resilience_kit.messaging._integrity import read_outbox_message
 from resilience_kit.messaging._protocols import OutboxEntry
 from resilience_kit.messaging._records import (
     BlockedRow,
@@ -440,31 +442,50 @@ class PostgresOutboxStore:
             if whole or len(rows) >= limit or lost == 0:
                 break
         rows.sort(key=lambda row: row[0])
-        return [
-            OutboxMessage(
-                position=position,
-                topic=topic,
-                key=key,
-                data=bytes(data),
-                attempts=attempts,
-                lease=lease,
-                created_at=created_at.astimezone(timezone.utc),
-                last_error=_read_error(last_error),
-                first_failed_at=(
-                    first_failed_at.astimezone(timezone.utc) if first_failed_at else None
-                ),
-            )
-            for (
-                position,
-                topic,
-                key,
-                data,
-                attempts,
-                created_at,
-                last_error,
-                first_failed_at,
-            ) in rows
-        ]
+        return self._read_claimed(connection, rows, lease)
+
+    def _read_claimed(
+        self, connection: psycopg.Connection[Any], rows: list[Any], lease: str
+    ) -> list[OutboxMessage]:
+        """The claimed rows as messages; a corrupted one is blocked, and its key given back.
+
+        In the claim's transaction: the corrupted row is blocked (never deleted) so that
+        an operator can repair and requeue it, and the later rows of its key that this
+        claim leased are released, as if the claim had stopped at the blocked row.
+        """
+        messages: list[OutboxMessage] = []
+        stopped: set[str] = set()
+        released: list[int] = []
+        for position, topic, key, data, attempts, created_at, last_error, failed_at in rows:
+            if key in stopped:
+                released.append(position)
+                continue
+            fields = {
+                "topic": topic,
+                "key": key,
+                "data": data,
+                "attempts": attempts,
+                "created_at": created_at,
+                "last_error": _read_error(last_error),
+                "first_failed_at": failed_at,
+            }
+            try:
+                message = read_outbox_message(
+                    store=self._db.name, position=position, lease=lease, fields=fields
+                )
+            except CorruptRecordError as error:
+                _telemetry.logger.warning(
+                    "%s; blocking the row until it is repaired and requeued", error
+                )
+                connection.execute(
+                    self._block, (_error_text(f"corrupted row: {error}"), position, lease)
+                )
+                stopped.add(key)
+                continue
+            messages.append(message)
+        if released:
+            connection.execute(self._released, (released, [lease] * len(released)))
+        return messages
 
     # -- writes fenced by the lease -----------------------------------------------------
 

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from resilience_kit import _telemetry
 from resilience_kit._checks import check_positive
+from resilience_kit._integrity import corrupt_record
 from resilience_kit.clock import SYSTEM_CLOCK, Clock
-from resilience_kit.errors import ConfigurationError
-from resilience_kit.policies._breaker_store import BreakerRecord, CircuitState, Subscribers
+from resilience_kit.errors import ConfigurationError, CorruptRecordError
+from resilience_kit.policies._breaker_store import BreakerRecord, Subscribers, read_breaker_record
 from resilience_kit.stores.redis._client import redis_client
 
 if TYPE_CHECKING:
@@ -25,11 +26,18 @@ __all__ = ("RedisBreakerStore",)
 # (ARGV[1] is the written version minus one). Accepting any older record, not only the
 # one the transition started from, lets an instance that kept going on its own during a
 # Redis outage, or after Redis lost its data, write its state back on reconnect.
+# A stored value whose version cannot be read (the one field the compare-and-set
+# arbitrates on) is returned as it is, never overwritten: the store reports it as
+# corrupt and leaves it for an operator. A readable version arbitrates as usual.
 _CAS = """
 local current = redis.call('GET', KEYS[1])
 if current then
-    local stored = cjson.decode(current)['version']
-    if stored > tonumber(ARGV[1]) then
+    local ok, decoded = pcall(cjson.decode, current)
+    local version = ok and type(decoded) == 'table' and decoded['version']
+    if type(version) ~= 'number' or version < 0 or version % 1 ~= 0 then
+        return current
+    end
+    if version > tonumber(ARGV[1]) then
         return current
     end
 end
@@ -100,6 +108,7 @@ class RedisBreakerStore:
         # times with an offset measured at that moment, so two decodings of one record
         # never compare equal: a re-read is recognised by its text instead.
         self._raw: dict[str, str] = {}
+        self._reported: dict[str, bytes | str] = {}  # corrupt values already logged
         self._subscribers = Subscribers()
         self._lock = threading.Lock()
         self._writes: queue.Queue[object] = queue.Queue()
@@ -215,19 +224,42 @@ class RedisBreakerStore:
             }
         )
 
-    def _decode(self, raw: str) -> BreakerRecord:
-        data = json.loads(raw)
-        offset = self._clock.monotonic() - self._clock.time()
-        open_until = data.get("open_until")
-        open_interval = data.get("open_interval")
-        return BreakerRecord(
-            state=CircuitState(data["state"]),
-            version=int(data["version"]),
-            changed_at=float(data["changed_at"]) + offset,
-            open_until=None if open_until is None else float(open_until) + offset,
-            consecutive_opens=int(data.get("consecutive_opens", 0)),
-            open_interval=None if open_interval is None else float(open_interval),
-        )
+    def _decode(self, name: str, raw: bytes | str) -> BreakerRecord | None:
+        """The record in ``raw``, or ``None`` (logged) when it is corrupt.
+
+        A corrupt record is never raised into a breaker's call and never overwritten:
+        breakers of that name decide locally, as during an outage, until an operator
+        deletes the key.
+        """
+        store = f"RedisBreakerStore(prefix={self._prefix!r})"
+        try:
+            try:
+                data = json.loads(raw)
+            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+                raise corrupt_record(
+                    store=store, kind="breaker record", record=self._key(name), problem="not JSON"
+                ) from exc
+            if not isinstance(data, dict):
+                raise corrupt_record(
+                    store=store,
+                    kind="breaker record",
+                    record=self._key(name),
+                    problem="not a JSON object",
+                )
+            # Wall times become monotonic ones with an offset measured now; a re-read of
+            # the same text is recognised before decoding (`_accept`), never by comparing
+            # two decodings, which differ by that offset.
+            offset = self._clock.monotonic() - self._clock.time()
+            return read_breaker_record(
+                store=store, name=self._key(name), fields=data, offset=offset
+            )
+        except CorruptRecordError as exc:
+            if self._reported.get(name) != raw:  # once per value, not once per re-read
+                self._reported[name] = raw
+                _telemetry.logger.warning(
+                    "breaker store: %s; breakers of %r decide locally", exc, name
+                )
+            return None
 
     def _accept(self, name: str, raw: bytes | str, pending: dict[str, BreakerRecord]) -> None:
         """Take a record read from Redis: adopt it if newer, write ours back if older.
@@ -235,11 +267,13 @@ class RedisBreakerStore:
         ``pending`` is the writer's queue of writes; ``None`` from the listener thread,
         which only adopts (the writer's next re-read writes back).
         """
-        text = raw.decode() if isinstance(raw, bytes) else raw
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
         with self._lock:
             if self._raw.get(name) == text:
                 return  # a record this store has already seen or written
-            record = self._decode(text)
+            record = self._decode(name, raw)
+            if record is None:  # corrupt: nothing to adopt, and never written over
+                return
             current = self._records.get(name)
             if current is not None and current.version > record.version:
                 # Redis holds an older state (it restarted, or lost a write): ours wins.

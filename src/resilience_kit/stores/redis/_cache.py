@@ -14,7 +14,7 @@ import pydantic_core
 from resilience_kit import _telemetry
 from resilience_kit._checks import check_positive
 from resilience_kit._codec import ValueCodec
-from resilience_kit.caching._store import CacheRecord
+from resilience_kit.caching._store import CacheRecord, read_cache_record
 from resilience_kit.clock import SYSTEM_CLOCK, Clock
 from resilience_kit.errors import (
     CacheSerializationError,
@@ -534,11 +534,17 @@ class RedisCacheStore(Generic[K, V]):
             if cleared is not None and int(cleared) > int(epoch):
                 return None  # from before an invalidate_all not yet swept
             offset = self._clock.monotonic() - self._clock.time()
-            return CacheRecord(
-                self._values.load(value),
-                float(loaded) + offset,
-                float(expires) + offset,
-                float(retain) + offset if retain else None,
+            times = {
+                "loaded_at": _number(loaded),
+                "expires_at": _number(expires),
+                "retain_until": _number(retain) if retain else None,
+            }
+            return read_cache_record(
+                store=repr(self),
+                key=key,
+                value=self._values.load(value),
+                fields=times,
+                offset=offset,
             )
         except Exception as exc:  # noqa: BLE001  (garbage in Redis is a miss, not a crash)
             _telemetry.logger.warning(
@@ -549,6 +555,14 @@ class RedisCacheStore(Generic[K, V]):
                 exc,
             )
             return None
+
+
+def _number(text: bytes) -> object:
+    """A time in a record's header as a float; unparsable text is left for the rule to report."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _plain(key: object) -> bool:

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from resilience_kit import _telemetry
+from resilience_kit._integrity import corrupt_record
 from resilience_kit.errors import CorruptRecordError
+from resilience_kit.messaging._integrity import read_dead_letter
 from resilience_kit.messaging._records import DeadLetter, DeadLetterFilter
 
 if TYPE_CHECKING:
@@ -89,58 +91,39 @@ def encode_letter(letter: DeadLetter) -> bytes:
     ).encode("ascii")  # ensure_ascii: even lone surrogates in an error message survive
 
 
-def decode_letter(letter_id: str, raw: bytes) -> DeadLetter:
-    """The letter in ``raw``, stored under ``letter_id``.
+def decode_letter(letter_id: str, raw: bytes, *, store: str, record: str) -> DeadLetter:
+    """The letter in ``raw``, stored under ``letter_id`` (``record`` names its key).
 
     Raises:
-        ValueError: ``raw`` is not such a letter.
+        CorruptRecordError: ``raw`` is not such a letter.
     """
+
+    def corrupt(problem: str) -> CorruptRecordError:
+        return corrupt_record(store=store, kind="dead letter", record=record, problem=problem)
+
     try:
         fields = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not JSON ({exc})") from exc
+        raise corrupt(f"not JSON: {exc}") from None
     if not isinstance(fields, dict):
-        raise ValueError("not a JSON object")  # noqa: TRY004  (callers expect ValueError)
+        raise corrupt("not a JSON object")
     if fields.get("v") != _VERSION:
-        raise ValueError(f"unknown format version {fields.get('v')!r}")
+        raise corrupt(f"unknown format version {fields.get('v')!r}")
     if fields.get("id") != letter_id:
-        raise ValueError(f"the id inside is {fields.get('id')!r}")
-    key = fields.get("key")
-    if key is not None and not isinstance(key, str):
-        raise ValueError("the field 'key' is not a string")
-    try:
-        data = base64.b64decode(_field(fields, "data", str), validate=True)
-    except binascii.Error as exc:
-        raise ValueError(f"the field 'data' is not base64 ({exc})") from exc
-    return DeadLetter(
-        id=UUID(letter_id),
-        source=_field(fields, "source", str),
-        topic=_field(fields, "topic", str),
-        data=data,
-        error_type=_field(fields, "error_type", str),
-        error_message=_field(fields, "error_message", str),
-        traceback=_field(fields, "traceback", str),
-        attempts=_field(fields, "attempts", int),
-        first_failed_at=_moment(_field(fields, "first_failed_at", str)),
-        last_failed_at=_moment(_field(fields, "last_failed_at", str)),
-        dead_lettered_at=_moment(_field(fields, "dead_lettered_at", str)),
-        key=key,
-        replays=_field(fields, "replays", int),
-    )
+        raise corrupt(f"the id inside is {fields.get('id')!r}")
+    data = fields.get("data")
+    if isinstance(data, str):  # base64 text; anything else is reported as it is
+        try:
+            fields["data"] = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise corrupt(f"data is not base64 ({exc})") from None
+    return read_dead_letter(store=store, record=record, fields=fields, time=_moment)
 
 
-def _field(fields: dict[str, Any], name: str, kind: type[Any]) -> Any:
-    value = fields.get(name)
-    if type(value) is not kind:  # exact: a bool is not an attempt count
-        raise ValueError(f"the field {name!r} is not a {kind.__name__}")
-    return value
-
-
-def _moment(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
-    if moment.utcoffset() is None:
-        raise ValueError(f"the time {text!r} has no UTC offset")
-    return moment
+def _moment(text: object) -> datetime:
+    if not isinstance(text, str):
+        raise TypeError("not ISO 8601 text")
+    return datetime.fromisoformat(text)
 
 
 class RedisDeadLetterStore:
@@ -211,16 +194,9 @@ class RedisDeadLetterStore:
         """
         text = str(letter_id)
         ((_, outcome),) = await self._io.run(lambda: self._fetch_sync([text]))
-        if outcome is None:
-            return None
-        if isinstance(outcome, DeadLetter):
-            return outcome
-        raise CorruptRecordError(
-            f"{self!r}: the dead letter {self._key(text)!r} is unreadable ({outcome});"
-            " it was left as it is",
-            store=self._io.name,
-            record=self._key(text),
-        )
+        if isinstance(outcome, CorruptRecordError):
+            raise outcome
+        return outcome
 
     async def list(
         self, where: DeadLetterFilter, *, limit: int = 100, after: UUID | None = None
@@ -308,17 +284,12 @@ class RedisDeadLetterStore:
         else:
             ids, outcomes = await self._io.run(lambda: self._scan_sync(cursor, size))
         letters: builtins.list[DeadLetter] = []
-        for letter_id, outcome in outcomes:
+        for _, outcome in outcomes:
             if isinstance(outcome, DeadLetter):
                 if where.matches(outcome):
                     letters.append(outcome)
             elif outcome is not None:
-                _telemetry.logger.warning(
-                    "%r: skipping the dead letter %r: it is unreadable (%s); it was left as it is",
-                    self,
-                    self._key(letter_id),
-                    outcome,
-                )
+                _telemetry.logger.warning("%s; skipping it", outcome)
         return letters, (ids[-1] if len(ids) == size else None)
 
     async def _purge_all(self) -> int:
@@ -360,23 +331,34 @@ class RedisDeadLetterStore:
 
     def _fetch_sync(
         self, ids: builtins.list[str]
-    ) -> builtins.list[tuple[str, DeadLetter | str | None]]:
+    ) -> builtins.list[tuple[str, DeadLetter | CorruptRecordError | None]]:
         """Each id with its letter, ``None`` (absent) or why it is unreadable."""
         if not ids:
             return []
         reply = self._fetch(keys=[self._index, *map(self._key, ids)], args=ids)
-        outcomes: builtins.list[tuple[str, DeadLetter | str | None]] = []
+        outcomes: builtins.list[tuple[str, DeadLetter | CorruptRecordError | None]] = []
         for position, letter_id in enumerate(ids):
             status, value = reply[2 * position], reply[2 * position + 1]
+            key = self._key(letter_id)
             if status == b"none":
                 outcomes.append((letter_id, None))
             elif status == b"wrongtype":
-                outcomes.append((letter_id, f"the key holds a {value.decode()}, not a string"))
+                problem = f"the key holds a {value.decode()}, not a string"
+                outcomes.append(
+                    (
+                        letter_id,
+                        corrupt_record(
+                            store=self._io.name, kind="dead letter", record=key, problem=problem
+                        ),
+                    )
+                )
             else:
                 try:
-                    outcomes.append((letter_id, decode_letter(letter_id, value)))
-                except (ValueError, TypeError) as exc:
-                    outcomes.append((letter_id, str(exc)))
+                    letter = decode_letter(letter_id, value, store=self._io.name, record=key)
+                except CorruptRecordError as exc:
+                    outcomes.append((letter_id, exc))
+                else:
+                    outcomes.append((letter_id, letter))
         return outcomes
 
     def _delete_sync(self, ids: builtins.list[str]) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from resilience_kit._integrity import corrupt_record
 from resilience_kit.errors import CorruptRecordError
+from resilience_kit.messaging._integrity import read_idempotency_record
 from resilience_kit.messaging._records import IdempotencyRecord
 
 if TYPE_CHECKING:
@@ -82,33 +84,12 @@ return 1
 # KEYS: record. ARGV: token.
 _RELEASE = _OWNED + "return redis.call('DEL', KEYS[1])\n"
 
-_STATUSES = ("in_progress", "completed")
-
-
 _FOREVER = 1e12  # seconds (31,000 years): what an infinite duration becomes
 
 
 def _milliseconds(seconds: float) -> int:
     """Whole milliseconds for PEXPIRE, rounded up so that a positive duration stays positive."""
     return math.ceil(max(-_FOREVER, min(seconds, _FOREVER)) * 1000)
-
-
-def _parse(key: str, fields: list[Any]) -> IdempotencyRecord:
-    """The record in the fields a script read (PTTL, then the hash's fields)."""
-    pttl, fingerprint, status, token, result = fields
-    status_text = status.decode()
-    if status_text not in _STATUSES:
-        raise ValueError(f"unknown status {status_text!r}")
-    if status_text == "completed" and result is None:
-        raise ValueError("a completed record without a result")
-    return IdempotencyRecord(
-        key=key,
-        fingerprint=fingerprint.decode(),
-        status="completed" if status_text == "completed" else "in_progress",
-        token=token.decode(),
-        result=None if status_text == "in_progress" else bytes(result),
-        expires_in=math.inf if pttl < 0 else pttl / 1000,  # -1: no TTL (set by hand)
-    )
 
 
 class RedisIdempotencyStore:
@@ -220,16 +201,22 @@ class RedisIdempotencyStore:
         """The record in a ``held`` (or ``wrongtype``) reply of the scripts."""
         if reply[0] != b"held":
             kind = bytes(reply[1]).decode(errors="replace")
-            raise self._corrupt(key, f"the key holds a {kind}, not an idempotency record")
-        try:
-            return _parse(key, reply[1:6])
-        except (AttributeError, UnicodeDecodeError, ValueError) as exc:
-            # AttributeError: a field is missing (nil has no decode).
-            raise self._corrupt(key, f"the record is unreadable ({exc})") from exc
+            raise self._corrupt(key, f"the key holds a {kind}, not a hash")
+        pttl, fingerprint, status, token, result = reply[1:6]
+        return read_idempotency_record(
+            store=self._io.name,
+            key=key,
+            record=self._key(key),
+            fields={
+                "fingerprint": fingerprint,
+                "status": status,
+                "token": token,
+                "result": result,
+                "expires_in": math.inf if pttl < 0 else pttl / 1000,  # -1: no TTL (by hand)
+            },
+        )
 
     def _corrupt(self, key: str, problem: str) -> CorruptRecordError:
-        return CorruptRecordError(
-            f"{self!r}: {problem}: {self._key(key)!r}; it was left as it is",
-            store=self._io.name,
-            record=self._key(key),
+        return corrupt_record(
+            store=self._io.name, kind="idempotency record", record=self._key(key), problem=problem
         )

@@ -7,6 +7,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 from uuid import UUID
 
+from resilience_kit import _telemetry
+from resilience_kit._integrity import corrupt_record
+from resilience_kit.errors import CorruptRecordError
+
 if TYPE_CHECKING:
     from resilience_kit.stores.redis._client import RedisIO
 
@@ -29,6 +33,14 @@ local function live(key, member, cutoff)
     local score = redis.call('ZSCORE', key, member)
     return score ~= false and tonumber(score) > cutoff
 end
+-- Another type under a consumer's key: reported (a table reply), never overwritten.
+local function wrongtype(key)
+    local kind = redis.call('TYPE', key)['ok']
+    if kind ~= 'zset' and kind ~= 'none' then
+        return {'wrongtype', kind}
+    end
+    return false
+end
 """
 
 # KEYS: the consumer's set, the consumer registry. ARGV: event id, retention (us),
@@ -36,6 +48,10 @@ end
 _RECORD = (
     _PRELUDE
     + """
+local wrong = wrongtype(KEYS[1])
+if wrong then
+    return wrong
+end
 local now = now_us()
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', us(now - tonumber(ARGV[2])))
 local added = redis.call('ZADD', KEYS[1], 'NX', us(now), ARGV[1])
@@ -50,6 +66,10 @@ return added
 _CONTAINS = (
     _PRELUDE
     + """
+local wrong = wrongtype(KEYS[1])
+if wrong then
+    return wrong
+end
 if live(KEYS[1], ARGV[1], now_us() - tonumber(ARGV[2])) then
     return 1
 end
@@ -61,6 +81,10 @@ return 0
 _FORGET = (
     _PRELUDE
     + """
+local wrong = wrongtype(KEYS[1])
+if wrong then
+    return wrong
+end
 local existed = live(KEYS[1], ARGV[1], now_us() - tonumber(ARGV[2]))
 redis.call('ZREM', KEYS[1], ARGV[1])
 if existed then
@@ -75,6 +99,10 @@ return 0
 _PURGE = (
     _PRELUDE
     + """
+local wrong = wrongtype(KEYS[1])
+if wrong then
+    return wrong
+end
 local now = now_us()
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', us(now - tonumber(ARGV[2])))
 local removed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', us(now - tonumber(ARGV[1])))
@@ -163,23 +191,48 @@ class RedisInboxStore:
         """Record the event as processed by ``consumer``; True the first time only.
 
         Raises:
+            CorruptRecordError: the consumer's key holds something other than its records.
             StoreUnavailableError: Redis cannot be reached; nothing was recorded.
         """
         keys = [self._set(consumer), self._registry]
         args = [str(event_id), self._retention_us(), math.ceil(self.ttl * 1000), consumer]
-        return bool(await self._io.run(lambda: self._record(keys=keys, args=args)))
+        reply = await self._io.run(lambda: self._record(keys=keys, args=args))
+        return self._answer(keys[0], reply)
 
     async def contains(self, consumer: str, event_id: UUID) -> bool:
-        """Whether ``consumer`` recorded the event within the last ``ttl`` seconds."""
+        """Whether ``consumer`` recorded the event within the last ``ttl`` seconds.
+
+        Raises:
+            CorruptRecordError: the consumer's key holds something other than its records.
+        """
+        key = self._set(consumer)
         args = [str(event_id), self._retention_us()]
-        return bool(
-            await self._io.run(lambda: self._contains(keys=[self._set(consumer)], args=args))
-        )
+        return self._answer(key, await self._io.run(lambda: self._contains(keys=[key], args=args)))
 
     async def forget(self, consumer: str, event_id: UUID) -> bool:
-        """Remove the record (so a replay is processed again); True if it existed."""
+        """Remove the record (so a replay is processed again); True if it existed.
+
+        Raises:
+            CorruptRecordError: the consumer's key holds something other than its records.
+        """
+        key = self._set(consumer)
         args = [str(event_id), self._retention_us()]
-        return bool(await self._io.run(lambda: self._forget(keys=[self._set(consumer)], args=args)))
+        return self._answer(key, await self._io.run(lambda: self._forget(keys=[key], args=args)))
+
+    def _answer(self, key: str | bytes, reply: Any) -> bool:
+        """A script's 0 or 1, or `CorruptRecordError` for its ``wrongtype`` reply."""
+        if isinstance(reply, list):
+            raise self._corrupt(key, reply[1])
+        return bool(reply)
+
+    def _corrupt(self, key: str | bytes, kind: bytes) -> CorruptRecordError:
+        name = key.decode(errors="replace") if isinstance(key, bytes) else key
+        return corrupt_record(
+            store=self._io.name,
+            kind="inbox records",
+            record=name,
+            problem=f"the key holds a {kind.decode(errors='replace')}, not a sorted set",
+        )
 
     async def purge(self, *, older_than: float) -> int:
         """Remove records made at least ``older_than`` seconds ago; return how many."""
@@ -190,9 +243,11 @@ class RedisInboxStore:
         removed = 0
         for name in sorted(consumers):
             keys = [prefix + name, self._registry.encode()]
-            removed += int(
-                await self._io.run(partial(self._purge, keys=keys, args=[age, retention, name]))
-            )
+            reply = await self._io.run(partial(self._purge, keys=keys, args=[age, retention, name]))
+            if isinstance(reply, list):  # the other consumers are still purged
+                _telemetry.logger.warning("%s; skipping it", self._corrupt(keys[0], reply[1]))
+                continue
+            removed += int(reply)
         return removed
 
     def _no_transactions(self, method: str) -> NoReturn:

@@ -6,11 +6,13 @@ import builtins
 import json
 import sqlite3
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from resilience_kit import _telemetry
 from resilience_kit.errors import CorruptRecordError
+from resilience_kit.messaging._integrity import read_dead_letter
 from resilience_kit.messaging._records import DeadLetter, DeadLetterFilter
 from resilience_kit.stores.sqlite._database import Database, from_micros, to_micros
 
@@ -25,6 +27,7 @@ _INSERT = (
     " error_message, traceback, attempts, first_failed_at, last_failed_at,"
     " dead_lettered_at, replays, event_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+DEAD_LETTER_FIELDS_IN_SQL = tuple(name.strip() for name in _COLUMNS.split(","))
 _SELECT = f"SELECT {_COLUMNS} FROM rk_dead_letters"  # noqa: S608 - constants only
 _PAGE = 200  # rows read per query while skipping corrupted ones in `list`
 
@@ -85,58 +88,17 @@ def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
 
 def _decode(row: tuple[Any, ...], label: str) -> DeadLetter:
     """A row as a `DeadLetter`, or `CorruptRecordError` naming the row."""
-    (
-        letter_id,
-        source,
-        topic,
-        key,
-        data,
-        error_type,
-        error_message,
-        traceback,
-        attempts,
-        first_failed_at,
-        last_failed_at,
-        dead_lettered_at,
-        replays,
-    ) = row
-    if isinstance(data, str):  # written by hand as TEXT: the same bytes
-        data = data.encode()
-    texts = (source, topic, error_type, error_message, traceback)
-    numbers = (attempts, first_failed_at, last_failed_at, dead_lettered_at, replays)
-    problem = None
-    if not all(isinstance(text, str) for text in texts) or not (
-        key is None or isinstance(key, str)
-    ):
-        problem = "a text column holds another type"
-    elif not isinstance(data, bytes):
-        problem = "data is not a BLOB"
-    elif not all(type(number) is int for number in numbers):
-        problem = "an integer column holds another type"
-    try:
-        if problem is not None:
-            raise TypeError(problem)  # noqa: TRY301 - one handler reports every problem
-        return DeadLetter(
-            id=UUID(letter_id),
-            source=source,
-            topic=topic,
-            data=data,
-            error_type=error_type,
-            error_message=error_message,
-            traceback=traceback,
-            attempts=attempts,
-            first_failed_at=from_micros(first_failed_at),
-            last_failed_at=from_micros(last_failed_at),
-            dead_lettered_at=from_micros(dead_lettered_at),
-            key=key,
-            replays=replays,
-        )
-    except (TypeError, ValueError, OverflowError, AttributeError) as error:
-        raise CorruptRecordError(
-            f"dead letter {letter_id!r} cannot be read back: {error}",
-            store=label,
-            record=str(letter_id),
-        ) from error
+    fields = dict(zip(DEAD_LETTER_FIELDS_IN_SQL, row, strict=True))
+    if isinstance(fields["data"], str):  # written by hand as TEXT: the same bytes
+        fields["data"] = fields["data"].encode()
+    return read_dead_letter(store=label, record=row[0], fields=fields, time=_micros)
+
+
+def _micros(value: object) -> datetime:
+    """A stored time: integer Unix microseconds (a REAL or TEXT is not one)."""
+    if type(value) is not int:
+        raise TypeError("not integer microseconds")
+    return from_micros(value)
 
 
 class SQLiteDeadLetterStore:

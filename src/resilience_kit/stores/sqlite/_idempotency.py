@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from resilience_kit.errors import CorruptRecordError
+from resilience_kit.messaging._integrity import read_idempotency_record
 from resilience_kit.messaging._records import IdempotencyRecord
 from resilience_kit.stores.sqlite._database import Database, now
 
@@ -28,33 +28,23 @@ WHERE rk_idempotency.expires_at <= ?5
 _SELECT = (
     "SELECT key, fingerprint, status, token, result, expires_at FROM rk_idempotency WHERE key = ?"
 )
-_STATUSES = ("in_progress", "completed")
 
 
 def _decode(row: tuple[Any, ...], moment: float, label: str) -> IdempotencyRecord:
     key, fingerprint, status, token, result, expires_at = row
     if isinstance(result, str):  # written by hand as TEXT: the same bytes
         result = result.encode()
-    if (
-        not all(isinstance(text, str) for text in (key, fingerprint, token))
-        or status not in _STATUSES
-        or not (result is None or isinstance(result, bytes))
-        or isinstance(expires_at, bool)
-        or not isinstance(expires_at, (int, float))
-    ):
-        raise CorruptRecordError(
-            f"idempotency record {key!r} cannot be read back: a column holds a value of"
-            " the wrong type",
-            store=label,
-            record=str(key),
-        )
-    return IdempotencyRecord(
-        key=key,
-        fingerprint=fingerprint,
-        status=status,
-        token=token,
-        result=result,
-        expires_in=expires_at - moment,
+    numeric = isinstance(expires_at, (int, float)) and not isinstance(expires_at, bool)
+    return read_idempotency_record(
+        store=label,
+        key=str(key),
+        fields={
+            "fingerprint": fingerprint,
+            "status": status,
+            "token": token,
+            "result": result,
+            "expires_in": expires_at - moment if numeric else expires_at,
+        },
     )
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from resilience_kit.stores.sqlite._database import Database, check_connection, now
+from resilience_kit import _telemetry
+from resilience_kit.errors import CorruptRecordError
+from resilience_kit.messaging._integrity import read_inbox_record
+from resilience_kit.stores.sqlite._database import Database, check_connection, from_seconds, now
 
 __all__ = ("SQLiteInboxStore",)
 
@@ -84,12 +89,49 @@ class SQLiteInboxStore:
         )
 
     async def purge(self, *, older_than: float) -> int:
-        """Remove records older than ``older_than`` seconds (database clock)."""
+        """Remove records older than ``older_than`` seconds (database clock).
 
-        def purge(connection: sqlite3.Connection) -> int:
+        A record whose time is not a number cannot be dated: it is kept (it still
+        counts as processed) and logged.
+        """
+
+        def purge(connection: sqlite3.Connection) -> tuple[int, list[Any]]:
             cutoff = now(connection) - older_than
-            return connection.execute(
+            removed = connection.execute(
                 "DELETE FROM rk_inbox WHERE processed_at <= ?", (cutoff,)
             ).rowcount
+            # TEXT and BLOB sort above every number, infinity included (the index serves it).
+            undated = connection.execute(
+                "SELECT consumer, event_id, processed_at FROM rk_inbox"
+                " WHERE processed_at > ? LIMIT 100",
+                (math.inf,),
+            ).fetchall()
+            return removed, undated
 
-        return await self._db.call(purge, write=True)
+        removed, undated = await self._db.call(purge, write=True)
+        for row in undated:
+            self._report_undated(row)
+        return removed
+
+    def _report_undated(self, row: tuple[Any, ...]) -> None:
+        consumer, event_id, processed_at = row
+        fields = {"consumer": consumer, "event_id": event_id, "processed_at": processed_at}
+        try:
+            read_inbox_record(
+                store=self._db.label,
+                record=f"{consumer}/{_event_id(event_id)}",
+                fields=fields,
+                time=_seconds,
+            )
+        except CorruptRecordError as error:
+            _telemetry.logger.warning("%s; purge keeps it", error)
+
+
+def _event_id(value: object) -> str:
+    return str(UUID(bytes=value)) if isinstance(value, bytes) and len(value) == 16 else repr(value)
+
+
+def _seconds(value: object) -> datetime:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("not Unix seconds")
+    return from_seconds(value)

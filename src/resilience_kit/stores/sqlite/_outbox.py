@@ -19,6 +19,9 @@ from typing import Any
 from uuid import UUID
 
 from resilience_kit import _telemetry
+from resilience_kit._integrity import corrupt_record
+from resilience_kit.errors import CorruptRecordError
+from resilience_kit.messaging._integrity import read_outbox_message
 from resilience_kit.messaging._protocols import OutboxEntry
 from resilience_kit.messaging._records import (
     BlockedRow,
@@ -137,6 +140,13 @@ def _uuid(value: object) -> UUID | None:
     return None
 
 
+def _seconds(value: object) -> datetime:
+    """A stored Unix time in seconds (``REAL``; TEXT is not one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("not Unix seconds")
+    return from_seconds(value)
+
+
 def _time(value: object) -> datetime | None:
     """A stored Unix time as a datetime, or ``None`` when it is not one."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -166,8 +176,11 @@ def _blocked_row(columns: tuple[Any, ...]) -> BlockedRow:
 class _Claim:
     """One claim's work inside its transaction: choose rows, check them, lease them."""
 
-    def __init__(self, connection: sqlite3.Connection, limit: int, lease_for: float) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, limit: int, lease_for: float, label: str
+    ) -> None:
         self.connection = connection
+        self.label = label
         self.limit = limit
         self.now = now(connection)
         self.lease_until = self.now + lease_for
@@ -195,7 +208,19 @@ class _Claim:
                 if key in closed:
                     continue
                 if not isinstance(key, str) or not _is_number(available_at):
-                    self.corrupt.append((position, "the key or availability time is malformed"))
+                    self.corrupt.append(
+                        (
+                            position,
+                            str(
+                                corrupt_record(
+                                    store=self.label,
+                                    kind="outbox row",
+                                    record=position,
+                                    problem="the key or availability time is malformed",
+                                )
+                            ),
+                        )
+                    )
                     closed.add(str(key))
                     continue
                 if state == "blocked" or available_at > self.now:
@@ -217,52 +242,39 @@ class _Claim:
                 continue
             # TEXT written by hand stands for the same bytes.
             data = stored.encode() if isinstance(stored, str) else stored
-            if (
-                not isinstance(topic, str)
-                or not isinstance(data, bytes)
-                or type(attempts) is not int
-                or not _is_number(created_at)
-                or not (last_error is None or isinstance(last_error, str))
-                or not (failed_at is None or _is_number(failed_at))
-            ):
-                self.corrupt.append((position, "a column holds a value of the wrong type"))
-                stopped.add(key)
-                continue
+            fields = {
+                "topic": topic,
+                "key": key,
+                "data": data,
+                "attempts": attempts + 1 if type(attempts) is int else attempts,
+                "created_at": created_at,
+                "last_error": last_error,
+                "first_failed_at": failed_at,
+            }
             try:
-                created = from_seconds(created_at)
-                first_failed = None if failed_at is None else from_seconds(failed_at)
-            except (ValueError, OverflowError, OSError):
-                self.corrupt.append((position, "created_at is out of range"))
+                message = read_outbox_message(
+                    store=self.label,
+                    position=position,
+                    lease=self.token,
+                    fields=fields,
+                    time=_seconds,
+                )
+            except CorruptRecordError as error:
+                self.corrupt.append((position, str(error)))
                 stopped.add(key)
                 continue
-            messages.append(
-                OutboxMessage(
-                    position=position,
-                    topic=topic,
-                    key=key,
-                    data=data,
-                    attempts=attempts + 1,
-                    lease=self.token,
-                    created_at=created,
-                    last_error=last_error,
-                    first_failed_at=first_failed,
-                )
-            )
+            messages.append(message)
         self.connection.executemany(
             _LEASE,
             [(self.token, self.lease_until, message.position) for message in messages],
         )
         return messages
 
-    def set_aside_corrupt(self, label: str) -> None:
+    def set_aside_corrupt(self) -> None:
         """Block corrupted rows (never delete them) so their keys wait for an operator."""
-        for position, problem in self.corrupt:
+        for _, problem in self.corrupt:
             _telemetry.logger.warning(
-                "%s: outbox row %d is corrupted (%s); blocking it until it is repaired"
-                " and requeued",
-                label,
-                position,
-                problem,
+                "%s; blocking the row until it is repaired and requeued", problem
             )
         self.connection.executemany(
             _BLOCK_CORRUPT,
@@ -344,13 +356,13 @@ class SQLiteOutboxStore:
         """
 
         def claim(connection: sqlite3.Connection) -> list[OutboxMessage]:
-            work = _Claim(connection, limit, lease_for)
+            work = _Claim(connection, limit, lease_for, self._db.label)
             messages = work.lease(work.choose())
-            work.set_aside_corrupt(self._db.label)
+            work.set_aside_corrupt()
             return messages
 
         def idle(connection: sqlite3.Connection) -> bool:
-            return not _Claim(connection, limit, lease_for).choose()
+            return not _Claim(connection, limit, lease_for, self._db.label).choose()
 
         nothing: list[OutboxMessage] = []
         if limit <= 0:
