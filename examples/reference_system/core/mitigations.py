@@ -45,6 +45,15 @@ KNOWN: dict[str, str] = {
     "bus refuses is lost",
     "backoff": "the relay retries a failed publish every 0.5 s instead of backing off "
     "exponentially",
+    "replica": "Organization has no read replica: membership lookups fail (503) while its "
+    "database is down",
+    "sync-fallback": "a session revoked while the bus is down reaches the gateways only "
+    "through the event, after the bus is back (no direct call)",
+    "local-cache": "the gateway keeps no membership answers: while Organization is "
+    "unreachable every lookup fails",
+    "cache-invalidation": "the gateway's membership cache ignores organization events: a "
+    "member removed during a partition keeps a cached answer",
+    "degraded-mode": "the gateway does not mark answers served from its cache as degraded",
 }
 
 
