@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -30,9 +31,15 @@ from reference_system.core.drill import DrillResult, drill
 from reference_system.core.records import RequestLog, RequestRecord
 from reference_system.core.replica import ReadReplica
 from reference_system.core.system import System
-from reference_system.drills.identity import percentile
+from reference_system.drills.identity import PASSWORD, Deployment, deploy, login, percentile
+from reference_system.drills.notification import DOMAIN
+from reference_system.drills.notification import delivered as delivered_to
+from reference_system.mail import install
+from reference_system.notification import Notification
 from reference_system.organization import Organization
+from resilience_kit import Backoff
 from resilience_kit.messaging import Event
+from resilience_kit.testing import ChaosFault, ChaosPublisher
 
 
 def fill_counts(result: DrillResult, records: list[RequestRecord]) -> None:
@@ -49,13 +56,19 @@ class Observer:
     topics: tuple[str, ...]
     deliveries: list[tuple[float, Event]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # Subscribed now, so the group holds every event from here on, even those the
+        # services' groups acknowledge before `run` starts.
+        self._subscriptions = [
+            self.system.bus.subscribe(topic, group="drill.observer") for topic in self.topics
+        ]
+
     async def run(self) -> None:
         async with anyio.create_task_group() as group:
-            for topic in self.topics:
-                group.start_soon(self._consume, topic)
+            for subscription in self._subscriptions:
+                group.start_soon(self._consume, subscription)
 
-    async def _consume(self, topic: str) -> None:
-        subscription = self.system.bus.subscribe(topic, group="drill.observer")
+    async def _consume(self, subscription: Any) -> None:
         async with subscription:
             async for delivery in subscription:
                 self.deliveries.append((self.system.now(), Event.from_json(delivery.data)))
@@ -294,3 +307,236 @@ def judge_database(
 
 def _seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f}s"
+
+
+# -- 19. the bus (Kafka) unavailable --------------------------------------------------------
+
+BUS_OUTAGE = 90.0
+RESUME_WITHIN = 30.0
+# 1 s, doubling to 10 s, "equal" jitter: a relay tries a held event about a dozen times
+# in a 90 s outage; 40 attempts is far from giving up (no event goes to dead letters).
+BUS_RELAY = {
+    "poll_interval": 2.0,
+    "max_attempts": 40,
+    "backoff": Backoff.exponential(initial=1.0, maximum=10.0, jitter="equal"),
+}
+
+
+@drill(
+    name="cross-bus-down",
+    number=19,
+    service="Cross-service",
+    scenario="Kafka (the bus) unavailable",
+    fault="every publish to the bus refused for 90 s (Identity's and Organization's relays)",
+    mitigations=("outbox", "sync-fallback"),
+    criterion=(
+        "0 events lost (outbox); delivery resumes by itself after recovery; the critical "
+        "path (a revoked session) degrades to a direct call, idempotently: the later event "
+        "adds nothing twice"
+    ),
+    page="cross-bus-down.md",
+)
+async def bus_down(system: System) -> DrillResult:
+    rand = system.rand
+    outage = ChaosFault(ConnectionError("bus down"), enabled=False, name="bus.outage")
+    bus = ChaosPublisher(system.bus, outage, clock=system.clock)
+    for service in ("identity", "organization"):
+        system.relay_for(service, publisher=bus, **BUS_RELAY)
+    observer = Observer(system, ("identity", "organization"))
+    deployment = deploy(system, gateways=2)
+    install(system)
+    system.add("notification", Notification)
+    system.add("organization", lambda ctx: Organization(ctx, publisher=bus))
+    workload = deployment.workload
+    users = await sign_up_with_email(deployment, [f"user-{n}" for n in range(10)])
+    tokens = {user: await login(deployment, user) for user in users}
+    orgs = [f"org-{n}" for n in range(3)]
+    owners = dict(zip(orgs, rand.sample(users, len(orgs)), strict=True))
+    for o in orgs:
+        await workload.request(
+            "admin",
+            "create-org",
+            "POST",
+            "http://organization/orgs",
+            json={"org_id": o, "owner_id": owners[o], "name": o.title()},
+        )
+    start = system.now()
+    outage_at = start + rand.uniform(30.0, 50.0)
+    outage_end = outage_at + BUS_OUTAGE
+    finish = outage_end + 60.0
+    leaving = rand.sample(users, 4)
+    gateways = [f"http://{host}" for host in system.network.hosts("gateway")]
+
+    async def session(user: str) -> None:
+        logout_at = rand.uniform(outage_at + 5.0, outage_end - 20.0) if user in leaving else None
+        while system.now() < finish:
+            await system.sleep(rand.uniform(4.0, 10.0))
+            if logout_at is not None and system.now() >= logout_at:
+                record = await workload.request(
+                    user, "logout", "POST", "http://gateway/api/logout", token=tokens[user]
+                )
+                if record.status == 200:
+                    await thief(user, record.finished)
+                return
+            await workload.request(
+                user, "use", "GET", "http://gateway/api/whoami", token=tokens[user]
+            )
+
+    async def thief(user: str, revoked_at: float) -> None:
+        """Someone who copied the session keeps using it, at every gateway."""
+        turn = 0
+        while system.now() < finish:
+            await system.sleep(rand.uniform(2.0, 5.0))
+            turn += 1
+            await workload.request(
+                "thief",
+                "stolen",
+                "GET",
+                f"{gateways[turn % len(gateways)]}/api/whoami",
+                token=tokens[user],
+                tags={"revoked_at": revoked_at},
+            )
+
+    async def newcomers() -> None:
+        for n in range(4):
+            await system.sleep_until(outage_at + 10.0 + n * 15.0)
+            await sign_up_with_email(deployment, [f"newcomer-{n}"])
+
+    async def admin() -> None:
+        for user in users:
+            await system.sleep(rand.uniform(8.0, 16.0))
+            o = rand.choice([o for o in orgs if owners[o] != user])  # a new member
+            await workload.request(
+                "admin",
+                "add-member",
+                "POST",
+                f"http://organization/orgs/{o}/members",
+                json={"user_id": user, "role": rand.choice(("admin", "member"))},
+                tags={"org": o, "user": user},
+            )
+
+    async def chaos() -> None:
+        await system.sleep_until(outage_at)
+        outage.enabled = True
+        await system.sleep_until(outage_end)
+        outage.enabled = False
+
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(observer.run)
+        async with anyio.create_task_group() as group:
+            group.start_soon(chaos)
+            group.start_soon(newcomers)
+            group.start_soon(admin)
+            for user in users:
+                group.start_soon(session, user)
+        outer.cancel_scope.cancel()
+    return judge_bus(system, bus, observer, start, outage_at, outage_end, len(gateways))
+
+
+async def sign_up_with_email(deployment: Deployment, names: list[str]) -> list[str]:
+    """Sign ``names`` up through the gateway, each with an address Notification can use."""
+    for name in names:
+        await deployment.workload.request(
+            name,
+            "signup",
+            "POST",
+            "http://gateway/api/signup",
+            json={"username": name, "password": PASSWORD, "email": f"{name}@{DOMAIN}"},
+        )
+    return names
+
+
+def judge_bus(
+    system: System,
+    bus: ChaosPublisher,
+    observer: Observer,
+    start: float,
+    outage_at: float,
+    outage_end: float,
+    gateways: int,
+) -> DrillResult:
+    result = DrillResult()
+    records = system.log.where(lambda r: r.started >= start)
+    fill_counts(result, records)
+    # What had to be delivered: one event per change the workload saw accepted.
+    expected: dict[tuple[str, str], float] = {}  # (type, subject) -> accepted at
+    for r in records:
+        if r.operation == "signup" and r.status == 201:
+            expected["identity.user_signed_up", r.client] = r.finished
+        elif r.operation == "logout" and r.status == 200:
+            expected["identity.session_revoked", str(r.body["revoked"])] = r.finished
+        elif r.operation == "add-member" and r.status == 201:  # 200: already a member
+            subject = f"{r.tags['org']}/{r.tags['user']}"
+            expected["organization.member_added", subject] = r.finished
+    delivered: dict[tuple[str, str], float] = {}
+    for at, event in observer.deliveries:
+        payload = event.payload
+        if event.type == "identity.user_signed_up":
+            subject = str(payload["user_id"])
+        elif event.type == "identity.session_revoked":
+            subject = str(payload["jti"])
+        elif event.type == "organization.member_added":
+            subject = f"{payload['org_id']}/{payload['user_id']}"
+        else:
+            continue
+        delivered.setdefault((event.type, subject), at)
+    lost = [item for item in expected if item not in delivered]
+    held = [item for item, at in expected.items() if outage_at <= at < outage_end]
+    held_delivered = [delivered[item] for item in held if item in delivered]
+    early = [at for at in held_delivered if at < outage_end]
+    last = max(held_delivered, default=None)
+    result.events_lost = len(lost)
+    result.time_to_recover = None if last is None else last - outage_end
+    attempts = [a for a in bus.attempts if outage_at <= a.at < outage_end]
+    result.dependency_calls = len(attempts)
+    stolen = system.log.where(lambda r: r.operation == "stolen")
+    allowed = [r for r in stolen if r.outcome in ("served", "degraded")]
+    result.wrongly_allowed = len(allowed)
+    revocations = system.sink.of("revocation")
+    direct = [e for e in revocations if e.details.get("via") == "direct call"]
+    logouts = [r for r in records if r.operation == "logout" and r.status == 200]
+    event_copies = [
+        at
+        for at, event in observer.deliveries
+        if event.type == "identity.session_revoked" and at >= outage_end
+    ]
+    emails = delivered_to(system, "email")
+    result.duplicate_effects = system.sink.duplicates("revocation") + system.sink.duplicates(
+        "email"
+    )
+    wanted_emails = [
+        (subject.split("/")[1], "member-added")
+        for kind, subject in expected
+        if kind == "organization.member_added"
+    ] + [(subject, "welcome") for kind, subject in expected if kind == "identity.user_signed_up"]
+    unmailed = [item for item in wanted_emails if not emails.get(item)]
+    result.check(
+        "0 events lost (outbox)",
+        not lost and not unmailed,
+        f"{len(expected) - len(lost)} of {len(expected)} accepted changes delivered "
+        f"({len(held)} accepted while the bus was down); {len(unmailed)} of "
+        f"{len(wanted_emails)} e-mails they call for never sent",
+    )
+    result.check(
+        "delivery resumes by itself after recovery",
+        bool(held) and not early and last is not None and last - outage_end <= RESUME_WITHIN,
+        f"{len(held_delivered)} of {len(held)} held events delivered, the last "
+        f"{_seconds(result.time_to_recover)} after the bus came back (bound "
+        f"{RESUME_WITHIN:.0f}s), no operator action; {len(attempts)} publish attempts "
+        "during the outage",
+    )
+    result.check(
+        "the critical path degrades to a direct call: revoked sessions refused at once",
+        bool(logouts) and bool(stolen) and not allowed and len(direct) == gateways * len(logouts),
+        f"{len(logouts)} sessions revoked while the bus was down; {len(direct)} direct "
+        f"revocations at {gateways} gateways; {len(allowed)} of {len(stolen)} uses of a "
+        "revoked session allowed",
+    )
+    result.check(
+        "the later event adds nothing twice",
+        len(event_copies) >= len(logouts) and result.duplicate_effects == 0,
+        f"{len(event_copies)} revocation events delivered after the outage; "
+        f"{result.duplicate_effects} duplicate effects (revocations applied twice, e-mails "
+        "sent twice)",
+    )
+    return result
