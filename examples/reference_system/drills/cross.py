@@ -34,6 +34,7 @@ from reference_system.core.system import System
 from reference_system.drills.identity import PASSWORD, Deployment, deploy, login, percentile
 from reference_system.drills.notification import DOMAIN
 from reference_system.drills.notification import delivered as delivered_to
+from reference_system.gateway import MEMBERSHIP_TTL
 from reference_system.mail import install
 from reference_system.notification import Notification
 from reference_system.organization import Organization
@@ -538,5 +539,216 @@ def judge_bus(
         f"{len(event_copies)} revocation events delivered after the outage; "
         f"{result.duplicate_effects} duplicate effects (revocations applied twice, e-mails "
         "sent twice)",
+    )
+    return result
+
+
+# -- 21. network partition ------------------------------------------------------------------
+
+PARTITION = 120.0
+SLACK = 2.0  # seconds an event may take to reach the gateway (the bus is not cut)
+RECONCILE_WITHIN = 15.0
+
+
+@drill(
+    name="cross-network-partition",
+    number=21,
+    service="Cross-service",
+    scenario="Network partition between the gateway and the services",
+    fault="the gateway cut off from Identity and Organization for 2 min (both ways)",
+    mitigations=("local-cache", "cache-invalidation", "degraded-mode"),
+    criterion=(
+        "degraded responses marked as such (served from local caches); 0 wrong allows; "
+        "state reconciled after the heal (the gateway's answers match an independent "
+        "record of the accepted writes)"
+    ),
+    page="cross-network-partition.md",
+)
+async def network_partition(system: System) -> DrillResult:
+    rand = system.rand
+    deployment = deploy(system, cache_memberships=True)
+    system.add("organization", Organization)
+    workload = deployment.workload
+    orgs = [f"org-{n}" for n in range(3)]
+    readers = await sign_up_with_email(deployment, [f"user-{n}" for n in range(8)])
+    leaving = await sign_up_with_email(deployment, ["leaver-0", "leaver-1"])
+    unseen = await sign_up_with_email(deployment, ["unseen-0", "unseen-1"])
+    tokens = {user: await login(deployment, user) for user in [*readers, *leaving, *unseen]}
+    initial: dict[Membership, bool] = {}
+    for o in orgs:
+        await workload.request(
+            "admin",
+            "create-org",
+            "POST",
+            "http://organization/orgs",
+            json={"org_id": o, "owner_id": f"owner-{o}", "name": o.title()},
+        )
+    for user in readers:
+        for o in rand.sample(orgs, 2):
+            record = await workload.request(
+                "admin",
+                "add-member",
+                "POST",
+                f"http://organization/orgs/{o}/members",
+                json={"user_id": user, "role": "member"},
+            )
+            initial[o, user] = record.status == 201
+    fold = Fold(initial)
+    start = system.now()
+    partition_at = start + rand.uniform(40.0, 60.0)
+    heal_at = partition_at + PARTITION
+    finish = heal_at + 60.0
+
+    async def reader(user: str) -> None:
+        while system.now() < finish:
+            await system.sleep(rand.uniform(4.0, 10.0))
+            o = rand.choice(orgs)
+            await workload.request(
+                user,
+                "membership",
+                "GET",
+                f"http://gateway/api/organization/orgs/{o}/members/{user}",
+                token=tokens[user],
+                tags={"org": o, "user": user},
+            )
+
+    async def admin() -> None:
+        """Memberships change on Organization's side of the partition."""
+        members = [m for m, present in initial.items() if present]
+        strangers = [(o, u) for o in orgs for u in readers if not initial.get((o, u))]
+        for at in sorted(rand.uniform(partition_at + 10.0, heal_at - 20.0) for _ in range(5)):
+            await system.sleep_until(at)
+            if rand.random() < 0.6 and members:
+                o, user = members.pop(rand.randrange(len(members)))
+                record = await workload.request(
+                    "admin", "remove", "DELETE", f"http://organization/orgs/{o}/members/{user}"
+                )
+                if record.status == 200:
+                    fold.accepted((o, user), record, False)
+            elif strangers:
+                o, user = strangers.pop(rand.randrange(len(strangers)))
+                record = await workload.request(
+                    "admin",
+                    "add",
+                    "POST",
+                    f"http://organization/orgs/{o}/members",
+                    json={"user_id": user, "role": "member"},
+                )
+                if record.status == 201:
+                    fold.accepted((o, user), record, True)
+
+    async def leaver(user: str) -> None:
+        """Uses the gateway, logs out on another device (at Identity) during the
+        partition; someone who copied the session keeps using it."""
+        logout_at = rand.uniform(partition_at + 10.0, heal_at - 30.0)
+        revoked_at: float | None = None
+        while system.now() < finish:
+            await system.sleep(rand.uniform(3.0, 8.0))
+            if revoked_at is None and system.now() >= logout_at:
+                record = await workload.request(
+                    user, "logout", "POST", "http://identity/logout", token=tokens[user]
+                )
+                revoked_at = record.finished
+                continue
+            await workload.request(
+                user,
+                "session",
+                "GET",
+                "http://gateway/api/whoami",
+                token=tokens[user],
+                tags={"revoked_at": revoked_at},
+            )
+
+    async def newcomer(user: str) -> None:
+        """A session the gateway has never seen, first used during the partition."""
+        await system.sleep_until(partition_at + rand.uniform(5.0, 20.0))
+        while system.now() < finish:
+            await workload.request(
+                user,
+                "unseen",
+                "GET",
+                "http://gateway/api/whoami",
+                token=tokens[user],
+                tags={"partitioned": system.now() < heal_at},
+            )
+            await system.sleep(rand.uniform(8.0, 15.0))
+
+    async def chaos() -> None:
+        await system.sleep_until(partition_at)
+        faults = system.network.partition(["gateway"], ["organization", "identity"])
+        await system.sleep_until(heal_at)
+        system.network.clear(*faults)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(chaos)
+        group.start_soon(admin)
+        for user in readers:
+            group.start_soon(reader, user)
+        for user in leaving:
+            group.start_soon(leaver, user)
+        for user in unseen:
+            group.start_soon(newcomer, user)
+    return judge_partition(system, fold, start, partition_at, heal_at)
+
+
+def judge_partition(
+    system: System, fold: Fold, start: float, partition_at: float, heal_at: float
+) -> DrillResult:
+    result = DrillResult()
+    records = system.log.where(
+        lambda r: r.started >= start and r.operation in ("membership", "session", "unseen")
+    )
+    fill_counts(result, records)
+    reads = [r for r in records if r.operation == "membership"]
+    answered = [r for r in reads if r.status in (200, 404)]
+
+    def truth(r: RequestRecord) -> set[bool]:
+        return fold.possible(
+            (str(r.tags["org"]), str(r.tags["user"])), r.started - SLACK, r.finished
+        )
+
+    # During the partition, past the cache's freshness, every answer comes from the cache.
+    cut_off = [r for r in answered if partition_at + MEMBERSHIP_TTL < r.started < heal_at]
+    unmarked = [r for r in cut_off if not r.body.get("degraded")]
+    wrong_members = [r for r in answered if r.status == 200 and True not in truth(r)]
+    sessions = system.log.where(lambda r: r.operation == "session" and r.started >= start)
+    revoked = [
+        r
+        for r in sessions
+        if r.tags.get("revoked_at") is not None
+        and r.started > float(r.tags["revoked_at"]) + SLACK
+        and r.status == 200
+    ]
+    unseen = system.log.where(lambda r: r.operation == "unseen")
+    unverified = [r for r in unseen if r.tags["partitioned"] and r.status == 200]
+    result.wrongly_allowed = len(wrong_members) + len(revoked) + len(unverified)
+    after = [r for r in answered if r.started >= heal_at + RECONCILE_WITHIN]
+    stale_after = [r for r in after if r.body.get("degraded") or (r.status == 200) not in truth(r)]
+    fresh = [r.finished for r in answered if r.started >= heal_at and not r.body.get("degraded")]
+    result.time_to_recover = min(fresh) - heal_at if fresh else None
+    result.dependency_calls = system.network.calls_to("organization", partition_at, heal_at)
+    refused = [r for r in reads if partition_at <= r.started < heal_at and r.status == 503]
+    result.check(
+        "degraded responses marked as such",
+        bool(cut_off) and not unmarked,
+        f"{len(cut_off)} membership answers while the gateway was cut off, all from its "
+        f"cache; {len(unmarked)} not marked degraded; {len(refused)} refused (503) for lack "
+        "of a cached answer",
+    )
+    result.check(
+        "0 wrong allows",
+        result.wrongly_allowed == 0,
+        f"{len(wrong_members)} membership answers granting a membership that no longer "
+        f"existed; {len(revoked)} uses of a revoked session allowed; {len(unverified)} "
+        "sessions never verified let through during the partition",
+    )
+    result.check(
+        "state reconciled after the heal",
+        bool(after)
+        and not stale_after
+        and any(r.status == 200 for r in unseen if not r.tags["partitioned"]),
+        f"{len(after) - len(stale_after)} of {len(after)} answers from {RECONCILE_WITHIN:.0f}s "
+        "after the heal match the record of accepted writes, undegraded; sessions unseen "
+        "during the partition verified after it",
     )
     return result
