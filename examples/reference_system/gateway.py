@@ -24,6 +24,20 @@ Billing, Workflow...) after the same authentication, with the caller's id in
   Retry-After in microseconds, and the others are not affected;
 - one retry of a refused connection (it never reached the service), for every method.
 
+Membership lookups (``GET /api/organization/orgs/{org}/members/{user}``), with
+``cache_memberships=True`` (drill 21): answers are kept in a `PolicyCache` (fresh for
+5 s, then `ServeStale` while Organization cannot answer — a partition, an outage). A
+stale answer is marked: ``x-degraded: stale-cache`` and ``"degraded": true`` in the
+body. ``organization.member_*`` and ``org_*`` events (one consumer group per replica)
+invalidate the entries they make wrong, so a member removed while Organization is
+unreachable is not answered from the cache: nothing is known, and the lookup is refused
+(503 with Retry-After) — fail closed.
+
+Revocations arrive by event, and also by a direct call from Identity when the bus is
+down (``POST /internal/revocations``, drill 19); both revoke the same way, so the second
+changes nothing. Each replica records a revocation it applies as a side effect
+(``revocation``), once.
+
 Calls to Identity for sign-up and login go through
 ``Pipeline(Timeout(5 s), RetryPolicy(2 attempts, connection refused only), CircuitBreaker)``:
 a refused connection never reached Identity, so retrying it cannot log in twice; the
@@ -32,7 +46,9 @@ breaker stops a dead Identity from costing each login a connection attempt.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import httpx
 from starlette.requests import Request
@@ -47,6 +63,7 @@ from resilience_kit import (
     RetryPolicy,
     Timeout,
 )
+from resilience_kit.caching import CacheLoadError, PolicyCache, Served, ServeStale
 from resilience_kit.messaging import Event, Inbox, ResilientConsumer
 from resilience_kit.security import (
     Keyring,
@@ -60,6 +77,7 @@ from resilience_kit.security import (
 from .core.service import Service, ServiceContext
 from .identity import TOPIC as IDENTITY_TOPIC
 from .keys import KeyVault, apply_key_step
+from .organization import TOPIC as ORGANIZATION_TOPIC
 
 ROUTED = ("organization", "billing", "workflow", "notification", "audit", "analytics")
 """The services reachable under ``/api/<service>/...``."""
@@ -67,11 +85,21 @@ ROUTED = ("organization", "billing", "workflow", "notification", "audit", "analy
 ROUTE_DEADLINES: dict[str, float] = {"workflow": 5.0, "billing": 3.0}
 """Seconds a routed request may take, per destination (default 5 s)."""
 
+MEMBER_PATH = re.compile(r"orgs/(?P<org>[^/]+)/members/(?P<user>[^/]+)")
+MEMBERSHIP_TTL = 5.0
+"""Seconds a membership answer is used without asking Organization again."""
+MEMBERSHIP_STALE_IF_ERROR = 1800.0
+"""Seconds past that an answer may still be served while Organization cannot answer."""
+
+Answer = tuple[int, bytes]  # Organization's status and body
+
 
 class Gateway(Service):
     """One replica of the API gateway."""
 
-    def __init__(self, ctx: ServiceContext, *, vault: KeyVault) -> None:
+    def __init__(
+        self, ctx: ServiceContext, *, vault: KeyVault, cache_memberships: bool = False
+    ) -> None:
         super().__init__(ctx)
         self.vault = vault
         clock, mitigations = ctx.clock, ctx.mitigations
@@ -153,6 +181,28 @@ class Gateway(Service):
                 ),
                 breaker,
             )
+        self._revoked: set[str] = set()
+        self.mark_degraded = mitigations.on("degraded-mode")
+        self.memberships: PolicyCache[tuple[str, str], Answer] | None = None
+        if cache_memberships and mitigations.on("local-cache"):
+            self.memberships = PolicyCache(
+                self._load_membership,
+                ttl=MEMBERSHIP_TTL,
+                policy=ServeStale(stale_if_error=MEMBERSHIP_STALE_IF_ERROR),
+                clock=clock,
+                name=f"{ctx.host}.memberships",
+            )
+        if self.memberships is not None and mitigations.on("cache-invalidation"):
+            self.consumers.append(
+                ResilientConsumer(
+                    ctx.bus.subscribe(ORGANIZATION_TOPIC, group=f"memberships.{ctx.host}"),
+                    self._on_organization_event,
+                    name=f"memberships.{ctx.host}",
+                    dead_letters=ctx.store.dead_letters,
+                    retry=RetryPolicy(attempts=3, backoff=Backoff.constant(1.0), clock=clock),
+                    clock=clock,
+                )
+            )
         self.consumers.append(
             ResilientConsumer(
                 ctx.bus.subscribe(IDENTITY_TOPIC, group=f"revocations.{ctx.host}"),
@@ -200,8 +250,60 @@ class Gateway(Service):
 
     async def _on_identity_event(self, event: Event) -> None:
         if event.type == "identity.session_revoked":
-            self.verifier.revoke(str(event.payload["jti"]))
-            self.ctx.observe("revocation event applied")
+            self.revoke(str(event.payload["jti"]), via="event")
+
+    def revoke(self, jti: str, *, via: str) -> None:
+        """Refuse every token with ``jti`` from now on (idempotent: twice is once)."""
+        self.verifier.revoke(jti)
+        if jti not in self._revoked:
+            self._revoked.add(jti)
+            self.ctx.sink.record("revocation", f"{self.ctx.host}:{jti}", self.ctx.host, via=via)
+            self.ctx.observe(f"revocation applied ({via})")
+
+    async def internal_revocation(self, request: Request) -> Response:
+        """Identity's direct call while the bus is down (in production: mTLS only)."""
+        jti = str((await request.json())["jti"])
+        self.revoke(jti, via="direct call")
+        return JSONResponse({"revoked": jti, "host": self.ctx.host})
+
+    # -- membership lookups: a local cache, invalidated by events -----------------------------
+
+    async def _load_membership(self, key: tuple[str, str]) -> Answer:
+        org, user = key
+        url = f"{self.ctx.urls['organization']}/orgs/{org}/members/{user}"
+        response = await self.routes_to["organization"].acall(lambda: self.ctx.http.get(url))
+        if response.status_code not in (200, 404):
+            raise ConnectionError(f"organization answered {response.status_code}")
+        return response.status_code, response.content
+
+    async def _on_organization_event(self, event: Event) -> None:
+        if self.memberships is None:
+            return
+        kind = event.type.removeprefix("organization.")
+        if kind in ("member_added", "member_removed"):
+            key = (str(event.payload["org_id"]), str(event.payload["user_id"]))
+            await self.memberships.invalidate(key)
+        elif kind in ("org_deleted", "org_purged"):
+            await self.memberships.invalidate_all()
+
+    async def cached_membership(self, org: str, user: str) -> Response:
+        """A membership lookup through the cache: fresh, or stale and marked, or 503."""
+        assert self.memberships is not None
+        try:
+            lookup = await self.memberships.lookup((org, user))
+        except CacheLoadError:
+            # Nothing known (never asked, or invalidated by an event): fail closed.
+            return JSONResponse(
+                {"error": "organization_unavailable"},
+                status_code=503,
+                headers={"retry-after": "5"},
+            )
+        status, content = lookup.value
+        if lookup.served is not Served.STALE or not self.mark_degraded:
+            return Response(content, status_code=status, media_type="application/json")
+        self.ctx.observe("membership answered from the gateway's cache (degraded)")
+        body = {**json.loads(content), "degraded": True, "age": round(lookup.age or 0.0, 3)}
+        return JSONResponse(body, status_code=status, headers={"x-degraded": "stale-cache"})
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -212,6 +314,7 @@ class Gateway(Service):
             Route("/api/login", self.to_identity("/login"), methods=["POST"]),
             Route("/api/logout", self.to_identity("/logout"), methods=["POST"]),
             Route("/admin/keys", self.rotate, methods=["POST"]),
+            Route("/internal/revocations", self.internal_revocation, methods=["POST"]),
             Route(
                 "/api/{service}/{path:path}",
                 self.route,
@@ -228,6 +331,9 @@ class Gateway(Service):
         verified = await self.authenticate(request)
         if isinstance(verified, Response):
             return verified
+        member = MEMBER_PATH.fullmatch(path) if service == "organization" else None
+        if member is not None and request.method == "GET" and self.memberships is not None:
+            return await self.cached_membership(member["org"], member["user"])
         body = await request.body()
         headers = {"x-user-id": verified.subject or "", "content-type": "application/json"}
         url = f"{self.ctx.urls[service]}/{path}"

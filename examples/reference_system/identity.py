@@ -12,6 +12,16 @@ Its database sits behind a small connection pool and one call policy per access:
   503 and a Retry-After taken from `CircuitOpenError.retry_after`, and the database
   is not hammered while it restarts; half-open probes close it again by themselves.
 
+**Revocation is the critical path** (drill 19). A logout commits its
+``identity.session_revoked`` event with the revocation, and every gateway drops the
+session when the event arrives. While the bus is down that could be minutes, and a
+stolen token would keep working from the gateways' caches all that time — so a logout
+waits for the bus to take its event (at most ``confirm_within``, 1 s) and, when it has
+not, calls every gateway replica directly (``POST /internal/revocations``) through
+``Pipeline(Timeout(1 s), RetryPolicy(3 attempts), CircuitBreaker per gateway)``.
+Revoking is idempotent, so the event that follows once the bus is back changes nothing.
+Sign-ups and other events are not critical: they wait in the outbox.
+
 Routes: ``POST /signup``, ``POST /login``, ``POST /logout``, ``POST /introspect``
 (the gateway's remote validator, RFC 7662 style), ``POST /admin/keys`` (one step of
 a key rotation, on this replica), and the health routes.
@@ -22,10 +32,11 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
+import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -137,8 +148,22 @@ def _retry_after(exc: BaseException) -> str:
 class Identity(Service):
     """One replica of the Identity service."""
 
-    def __init__(self, ctx: ServiceContext, *, vault: KeyVault, token_lifetime: float = 900.0):
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        vault: KeyVault,
+        token_lifetime: float = 900.0,
+        revocation_targets: Callable[[], Sequence[str]] | None = None,
+        confirm_within: float = 1.0,
+    ):
         super().__init__(ctx)
+        # Base URLs of every gateway replica (service discovery), for the direct call.
+        self.revocation_targets = (
+            revocation_targets if ctx.mitigations.on("sync-fallback") else None
+        )
+        self.confirm_within = confirm_within
+        self._push_policies: dict[str, Pipeline] = {}
         self.vault = vault
         self.keyring = Keyring(clock=ctx.clock)
         for version in vault.versions[:1]:
@@ -229,6 +254,7 @@ class Identity(Service):
     async def signup(self, request: Request) -> Response:
         body = await request.json()
         username, password = str(body["username"]), str(body["password"])
+        email = str(body.get("email") or f"{username}@example.com")
         salt = hashlib.sha256(f"{self.ctx.host}:{username}".encode()).hexdigest()[:16]
 
         def insert(connection: sqlite3.Connection) -> bool:
@@ -243,7 +269,7 @@ class Identity(Service):
                 Event(
                     type="identity.user_signed_up",
                     key=f"user:{username}",
-                    payload={"username": username},
+                    payload={"user_id": username, "email": email},
                 ),
             )
             return True
@@ -297,9 +323,75 @@ class Identity(Service):
 
         async def handle() -> Response:
             await self.database(revoke)
-            return JSONResponse({"revoked": jti})
+            pushed = await self.push_revocation(jti)
+            return JSONResponse({"revoked": jti, "pushed": pushed})
 
         return await self._guarded(handle)
+
+    # -- the critical path: revocations do not wait for the bus ------------------------------
+
+    async def push_revocation(self, jti: str) -> int:
+        """Call every gateway directly when the bus has not taken the revocation's event
+        within ``confirm_within``; the number of gateways reached."""
+        if self.revocation_targets is None:
+            return 0
+        clock = self.ctx.clock
+        deadline = clock.monotonic() + self.confirm_within
+        while (await self.ctx.store.outbox.status()).backlog:
+            if clock.monotonic() >= deadline:
+                break
+            await clock.asleep(0.1)
+        else:
+            return 0  # the relay published it: every gateway hears of it from the bus
+        self.ctx.observe("sync fallback: revocation pushed to every gateway")
+        reached = 0
+
+        async def push(base: str) -> None:
+            nonlocal reached
+            try:
+                await self._push_policy(base).acall(
+                    lambda: self._post_revocation(f"{base}/internal/revocations", jti)
+                )
+            except (httpx.HTTPError, ConnectionError, TimeoutError, CircuitOpenError):
+                return  # that gateway gets the event when the bus is back
+            reached += 1
+
+        async with anyio.create_task_group() as group:
+            for base in self.revocation_targets():
+                group.start_soon(push, base)
+        return reached
+
+    async def _post_revocation(self, url: str, jti: str) -> None:
+        response = await self.ctx.http.post(url, json={"jti": jti})
+        if response.status_code != 200:
+            raise ConnectionError(f"{url} answered {response.status_code}")
+
+    def _push_policy(self, base: str) -> Pipeline:
+        # Per gateway: a 1 s deadline (a logout waits for it); 3 attempts with a short
+        # backoff, on any failure, since revoking twice is harmless; a breaker so that a
+        # dead replica costs each logout nothing (it will hear the event later).
+        if base not in self._push_policies:
+            clock = self.ctx.clock
+            breaker = CircuitBreaker(
+                f"identity.revocations.{base.removeprefix('http://')}",
+                window=5,
+                minimum_calls=3,
+                open_for=30.0,
+                clock=clock,
+            )
+            self._push_policies[base] = Pipeline(
+                Timeout(1.0, clock=clock, name="identity.revocations.deadline"),
+                RetryPolicy(
+                    attempts=3,
+                    on=(httpx.TransportError, ConnectionError),
+                    backoff=Backoff.exponential(initial=0.05, maximum=0.2, jitter="full"),
+                    clock=clock,
+                    rand=self.ctx.rand.random,
+                    name="identity.revocations.retry",
+                ),
+                self.watch(breaker),
+            )
+        return self._push_policies[base]
 
     async def introspect(self, request: Request) -> Response:
         token = str((await request.json()).get("token", ""))

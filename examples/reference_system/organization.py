@@ -28,14 +28,25 @@ membership state — ``member_added`` for every member, ``member_removed`` for e
 former member, ``org_deleted`` for deleted orgs — so a consumer that missed an event
 converges (drill 4). Consumers apply these idempotently (by state, not only by event id).
 
+**The database** (drill 20) is reached through ``Pipeline(Timeout, RetryPolicy,
+CircuitBreaker)``: the Timeout (2 s) bounds a request's time in it, retries (3 attempts,
+50 ms..400 ms full jitter) absorb blips, and the breaker opens on an outage, so writes
+fail fast — 503 with the breaker's Retry-After — and the database is not hammered while
+it restarts; half-open probes close it by themselves. Membership lookups, which
+dependents authorise with, fall back to a **read replica** (`core.replica.ReadReplica`,
+a copy shipped every 2 s) while the primary is unreachable, marked ``x-degraded:
+replica`` with the replica's staleness in ``x-replica-staleness``; a replica that may
+miss more than ``staleness_bound`` seconds of the primary's history is not used (503).
+
 Who is calling: the gateway authenticates users and forwards their id in ``x-user-id``
 (in production the hop is authenticated too, with mTLS; a caller without it is nobody).
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -44,10 +55,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from resilience_kit import Backoff, CircuitBreaker, Pipeline, RetryPolicy, Timeout
+from resilience_kit import (
+    Backoff,
+    CircuitBreaker,
+    CircuitOpenError,
+    Pipeline,
+    RetryPolicy,
+    Timeout,
+)
 from resilience_kit.health import HealthCheck, HealthStatus
 from resilience_kit.messaging import Event, Outbox, Publisher, Saga, SagaResult, SagaStep
+from resilience_kit.testing import ChaosFault
 
+from .core.replica import ReadReplica
 from .core.service import Service, ServiceContext
 
 T = TypeVar("T")
@@ -78,6 +98,17 @@ class OrgGone(Exception):
     """The org is deleted (or purged): writes for it are refused."""
 
 
+DATABASE_TROUBLE = (CircuitOpenError, sqlite3.OperationalError, TimeoutError)
+"""What a call to the database raises when the database, not the request, is the problem."""
+
+
+def retry_after(exc: BaseException) -> str:
+    """Seconds a client should wait: the open breaker's own estimate, else 1."""
+    if isinstance(exc, CircuitOpenError) and exc.retry_after is not None:
+        return str(max(1, math.ceil(exc.retry_after)))
+    return "1"
+
+
 class Organization(Service):
     """One replica of the Organization service.
 
@@ -88,6 +119,9 @@ class Organization(Service):
         publisher: where events go when the "outbox" mitigation is off (the bus);
             with the outbox (the default), the System's relay publishes them.
         purge_interval: how often due purges are looked for.
+        replica: a read replica membership lookups fall back to while the database
+            is unreachable (drill 20); ``None``: no fallback (503).
+        staleness_bound: the most primary history (seconds) a replica answer may miss.
     """
 
     def __init__(
@@ -98,9 +132,47 @@ class Organization(Service):
         operators: frozenset[str] = frozenset({"ops"}),
         publisher: Publisher | None = None,
         purge_interval: float = 10.0,
+        replica: ReadReplica | None = None,
+        staleness_bound: float = 10.0,
     ) -> None:
         super().__init__(ctx)
         clock, mitigations = ctx.clock, ctx.mitigations
+        self.replica = replica if mitigations.on("replica") else None
+        self.staleness_bound = staleness_bound
+        # The network between the service and its database: what drill 20 cuts
+        # (``db_link.enabled = True``). ``db_calls``: the database's own access log.
+        self.db_link = ChaosFault(
+            sqlite3.OperationalError("database unavailable"),
+            enabled=False,
+            name="organization.db",
+        )
+        self.db_calls: list[float] = []
+        self.db_breaker = self.watch(
+            CircuitBreaker(
+                "organization.db",
+                window=20,
+                minimum_calls=5,
+                failure_rate_threshold=0.5,
+                open_for=10.0,
+                half_open_calls=1,
+                record_on=(sqlite3.OperationalError, TimeoutError),
+                clock=clock,
+            )
+        )
+        if not mitigations.on("breaker"):
+            self.db_breaker.disable()
+        self.db_policy = Pipeline(
+            Timeout(2.0, clock=clock, name="organization.db.timeout"),
+            RetryPolicy(
+                attempts=3 if mitigations.on("retries") else 1,
+                on=sqlite3.OperationalError,
+                backoff=Backoff.exponential(initial=0.05, maximum=0.4, jitter="full"),
+                clock=clock,
+                rand=ctx.rand.random,
+                name="organization.db.retry",
+            ),
+            self.db_breaker,
+        )
         self.outbox = Outbox(ctx.store.outbox, topic=TOPIC)
         self.use_outbox = mitigations.on("outbox")
         self.publisher: Publisher = publisher if publisher is not None else ctx.bus
@@ -153,7 +225,13 @@ class Organization(Service):
     # -- database -------------------------------------------------------------------------
 
     async def database(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work`` in one transaction on a fresh connection, in a worker thread."""
+        """Run ``work`` in one transaction, through the database's call policy."""
+        return await self.db_policy.acall(lambda: self._transaction(work))
+
+    async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """One transaction on a fresh connection, in a worker thread."""
+        self.db_calls.append(self.ctx.clock.monotonic())
+        self.db_link.call(lambda: None)
 
         def job() -> T:
             connection = self.ctx.store.connect()
@@ -193,16 +271,43 @@ class Organization(Service):
     # -- routes ---------------------------------------------------------------------------
 
     def routes(self) -> list[BaseRoute]:
+        guarded = self.guarded
         routes = [
-            Route("/orgs", self.create_org, methods=["POST"]),
-            Route("/orgs/{org_id}", self.delete_org, methods=["DELETE"]),
-            Route("/orgs/{org_id}/members", self.add_member, methods=["POST"]),
+            Route("/orgs", guarded(self.create_org), methods=["POST"]),
+            Route("/orgs/{org_id}", guarded(self.delete_org), methods=["DELETE"]),
+            Route("/orgs/{org_id}/members", guarded(self.add_member), methods=["POST"]),
             Route("/orgs/{org_id}/members/{user_id}", self.get_member, methods=["GET"]),
-            Route("/orgs/{org_id}/members/{user_id}", self.remove_member, methods=["DELETE"]),
+            Route(
+                "/orgs/{org_id}/members/{user_id}",
+                guarded(self.remove_member),
+                methods=["DELETE"],
+            ),
         ]
         if self.ctx.mitigations.on("reconciliation"):
-            routes.append(Route("/admin/reconcile", self.reconcile, methods=["POST"]))
+            routes.append(Route("/admin/reconcile", guarded(self.reconcile), methods=["POST"]))
         return routes
+
+    @staticmethod
+    def unavailable(exc: BaseException) -> Response:
+        """503 with Retry-After: the database cannot take this now; nothing was changed."""
+        return JSONResponse(
+            {"error": "database_unavailable", "detail": type(exc).__name__},
+            status_code=503,
+            headers={"retry-after": retry_after(exc)},
+        )
+
+    def guarded(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler``, with database trouble answered 503 + Retry-After (fail fast)."""
+
+        async def guard(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except DATABASE_TROUBLE as exc:
+                return self.unavailable(exc)
+
+        return guard
 
     def readiness(self) -> list[HealthCheck]:
         async def overdue_purges() -> HealthStatus:
@@ -327,10 +432,28 @@ class Organization(Service):
             ).fetchone()
             return None if row is None else str(row[0])
 
-        role = await self.database(read)
+        headers: dict[str, str] = {}
+        try:
+            role = await self.database(read)
+        except DATABASE_TROUBLE as exc:
+            # The primary cannot answer: the replica may, if it is recent enough. Its
+            # answer is marked degraded, with how much history it may miss.
+            staleness = self.replica.staleness() if self.replica is not None else math.inf
+            if self.replica is None or staleness > self.staleness_bound:
+                return self.unavailable(exc)
+            try:
+                role = await self.replica.read(read)
+            except sqlite3.Error:
+                return self.unavailable(exc)
+            self.ctx.observe("read served from the replica")
+            headers = {"x-degraded": "replica", "x-replica-staleness": f"{staleness:.3f}"}
+        # A degraded answer says so in its body too (a 404 has no "degraded" outcome).
+        marks = {"source": "replica", "staleness": round(staleness, 3)} if headers else {}
         if role is None:
-            return JSONResponse({"error": "not a member"}, status_code=404)
-        return JSONResponse({"role": role})
+            return JSONResponse(
+                {"error": "not a member", **marks}, status_code=404, headers=headers
+            )
+        return JSONResponse({"role": role, **marks}, headers=headers)
 
     async def delete_org(self, request: Request) -> Response:
         org_id = request.path_params["org_id"]
@@ -474,7 +597,11 @@ class Organization(Service):
         """Purge every org whose grace period is over, every ``purge_interval`` seconds."""
         while True:
             await self.ctx.clock.asleep(self.purge_interval)
-            for org_id in await self.due_purges():
+            try:
+                due = await self.due_purges()
+            except DATABASE_TROUBLE:
+                continue  # the database is down: purges wait for it (nothing is lost)
+            for org_id in due:
                 await self.purge(org_id)
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:

@@ -49,6 +49,15 @@ KNOWN: dict[str, str] = {
     "lag-monitoring": "Analytics exposes no lag gauge and no lag checks in /health/ready",
     "validation": "Analytics never checks its read model (invariants, sample vs the event log)",
     "versioned-rebuild": "Analytics rebuilds its read model in place: readers see it half-built",
+    "replica": "Organization has no read replica: membership lookups fail (503) while its "
+    "database is down",
+    "sync-fallback": "a session revoked while the bus is down reaches the gateways only "
+    "through the event, after the bus is back (no direct call)",
+    "local-cache": "the gateway keeps no membership answers: while Organization is "
+    "unreachable every lookup fails",
+    "cache-invalidation": "the gateway's membership cache ignores organization events: a "
+    "member removed during a partition keeps a cached answer",
+    "degraded-mode": "the gateway does not mark answers served from its cache as degraded",
 }
 
 

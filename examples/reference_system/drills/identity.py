@@ -38,19 +38,37 @@ class Deployment:
 
 
 def deploy(
-    system: System, *, identities: int = 1, gateways: int = 1, token_lifetime: float = 900.0
+    system: System,
+    *,
+    identities: int = 1,
+    gateways: int = 1,
+    token_lifetime: float = 900.0,
+    cache_memberships: bool = False,
 ) -> Deployment:
     vault = KeyVault(system.seed)
     vault.create("v1")
+
+    def every_gateway() -> list[str]:  # service discovery: Identity's direct revocations
+        return [f"http://{host}" for host in system.network.hosts("gateway")]
+
     return Deployment(
         system,
         vault,
         system.add(
             "identity",
-            lambda ctx: Identity(ctx, vault=vault, token_lifetime=token_lifetime),
+            lambda ctx: Identity(
+                ctx,
+                vault=vault,
+                token_lifetime=token_lifetime,
+                revocation_targets=every_gateway,
+            ),
             identities,
         ),
-        system.add("gateway", lambda ctx: Gateway(ctx, vault=vault), gateways),
+        system.add(
+            "gateway",
+            lambda ctx: Gateway(ctx, vault=vault, cache_memberships=cache_memberships),
+            gateways,
+        ),
         system.workload(deadline=30.0),
     )
 
