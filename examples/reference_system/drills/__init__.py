@@ -5,6 +5,8 @@ To add a drill module, create ``drills/<service>.py`` with functions decorated b
 """
 
 from . import audit as audit
+from . import billing as billing
 from . import identity as identity
 from . import notification as notification
 from . import organization as organization
+from . import workflow as workflow
