@@ -271,9 +271,9 @@ class Workflow(Service):
 
         async def unvalidated() -> float:
             count: int = await self.database(
-                lambda c: c.execute("SELECT count(*) FROM resources WHERE validated = 0").fetchone()[
-                    0
-                ]
+                lambda c: c.execute(
+                    "SELECT count(*) FROM resources WHERE validated = 0"
+                ).fetchone()[0]
             )
             return float(count)
 
@@ -461,9 +461,11 @@ class Workflow(Service):
                 entitlements = await self.fetch_entitlements(org_id)
             except Exception:  # Billing unavailable: these stay pending, checked next round
                 continue
-            limit = entitlements["limits"].get("resources")
+            limit = int(entitlements["limits"]["resources"])
 
-            def flag(connection: sqlite3.Connection, org_id: str = org_id) -> list[str]:
+            def flag(
+                connection: sqlite3.Connection, org_id: str = org_id, limit: int = limit
+            ) -> list[str]:
                 rows = connection.execute(
                     "SELECT resource_id, flagged FROM resources WHERE org_id = ? "
                     "ORDER BY created_at, rowid",
@@ -476,9 +478,7 @@ class Workflow(Service):
                     "UPDATE resources SET flagged = 1 WHERE org_id = ? AND resource_id = ?",
                     [(org_id, rid) for rid in flagged],
                 )
-                connection.execute(
-                    "UPDATE resources SET validated = 1 WHERE org_id = ?", (org_id,)
-                )
+                connection.execute("UPDATE resources SET validated = 1 WHERE org_id = ?", (org_id,))
                 return flagged
 
             for resource in await self.database(flag):

@@ -198,7 +198,7 @@ async def entitlement_event_lost(system: System) -> DrillResult:
             return True
         return False
 
-    broker_lost = ChaosResult(value=None, name="broker.lost")  # "published", never delivered
+    broker_lost: ChaosResult[None] = ChaosResult(value=None, name="broker.lost")  # "published", never delivered
     system.relay_for(
         "billing",
         publisher=ChaosPublisher(system.bus, broker_lost, where=lost_in_transit),
@@ -269,7 +269,9 @@ def judge_event_lost(
     result.events_lost = len(never)
     result.dependency_calls = system.network.calls_to("billing", start)
     lost_windows = [staleness.get(org, float("inf")) for org in lost]
-    delivered_windows = [staleness[org] for org in changed_at if org not in lost and org in staleness]
+    delivered_windows = [
+        staleness[org] for org in changed_at if org not in lost and org in staleness
+    ]
     worst = max(lost_windows + delivered_windows, default=float("inf"))
     result.time_to_recover = None if never else worst
     result.notes.append(
@@ -284,8 +286,7 @@ def judge_event_lost(
     result.check(
         "the changes' events were really lost",
         set(dropped) == lost,
-        f"{len(dropped)} entitlements_changed events dropped by the broker "
-        f"(for {len(lost)} orgs)",
+        f"{len(dropped)} entitlements_changed events dropped by the broker (for {len(lost)} orgs)",
     )
     result.check(
         f"Workflow converges within {STALENESS_BOUND:.0f} s (periodic sync)",
@@ -392,7 +393,9 @@ def judge_cancellation(
         if r.tags["org"] in cancelled
         and cancels[r.tags["org"]].finished <= r.started < grace_until[str(r.tags["org"])]
     ]
-    warned = [r for r in in_grace if r.outcome in ("served", "degraded") and r.body.get("over_limit")]
+    warned = [
+        r for r in in_grace if r.outcome in ("served", "degraded") and r.body.get("over_limit")
+    ]
     refused_in_grace = [r for r in in_grace if is_limit_refusal(r)]
     after_grace = [
         r
@@ -405,13 +408,16 @@ def judge_cancellation(
     ]  # every cancelled org is over the free limit by then
     kept_at_end = {org: len(rows[org]) for org in cancelled}
     result.wrongly_allowed = len(over_after)
-    accepted = {
-        (org, resource) for org, written in rows.items() for _, resource in written
+    accepted = {(org, resource) for org, written in rows.items() for _, resource in written}
+    usage = {
+        (str(o), str(r))
+        for o, r in read(system, "billing", "SELECT org_id, resource_id FROM usage")
     }
-    usage = {(str(o), str(r)) for o, r in read(system, "billing", "SELECT org_id, resource_id FROM usage")}
     missing = accepted - usage
     result.events_lost = len(missing)
-    result.dependency_calls = system.network.calls_to("billing", outage_at, outage_at + BILLING_DOWN_FOR)
+    result.dependency_calls = system.network.calls_to(
+        "billing", outage_at, outage_at + BILLING_DOWN_FOR
+    )
     result.check(
         "warnings during the grace period (soft limits)",
         bool(warned) and not refused_in_grace,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from reference_system.billing import PLANS, Billing
+from reference_system.billing import PLANS
 from reference_system.core.drill import DrillResult, drill
 from reference_system.core.system import System
 from reference_system.drills.billing import (
@@ -27,8 +27,7 @@ from reference_system.drills.billing import (
     start_services,
 )
 from reference_system.organization import TOPIC as ORGANIZATION_TOPIC
-from reference_system.organization import Organization
-from reference_system.workflow import ENTITLEMENTS_TTL, Workflow
+from reference_system.workflow import ENTITLEMENTS_TTL
 from resilience_kit import Backoff
 from resilience_kit.messaging import Event
 from resilience_kit.testing import ChaosFault, ChaosLatency, ChaosPublisher
