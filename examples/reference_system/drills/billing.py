@@ -198,7 +198,8 @@ async def entitlement_event_lost(system: System) -> DrillResult:
             return True
         return False
 
-    broker_lost: ChaosResult[None] = ChaosResult(value=None, name="broker.lost")  # "published", never delivered
+    # "published", never delivered: the relay is told it went out
+    broker_lost: ChaosResult[None] = ChaosResult(value=None, name="broker.lost")
     system.relay_for(
         "billing",
         publisher=ChaosPublisher(system.bus, broker_lost, where=lost_in_transit),
