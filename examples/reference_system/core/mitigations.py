@@ -58,6 +58,22 @@ KNOWN: dict[str, str] = {
     "cache-invalidation": "the gateway's membership cache ignores organization events: a "
     "member removed during a partition keeps a cached answer",
     "degraded-mode": "the gateway does not mark answers served from its cache as degraded",
+    "periodic-sync": "Billing never re-publishes current entitlements: a lost "
+    "entitlements_changed event leaves Workflow stale until its 1-hour cache ttl",
+    "grace-period": "cancelling a subscription drops the org to the free plan's hard limits "
+    "at once: no grace period, no soft limits with warnings",
+    "usage-outbox": "Workflow reports usage with one POST to Billing after each creation "
+    "instead of an event in its outbox: what Billing cannot take is lost",
+    "post-validation": "Workflow never re-checks created resources against fresh "
+    "entitlements: overages let through by stale entitlements stay unflagged",
+    "invalidation": "Workflow keeps a cached membership when organization.member_removed "
+    "arrives: a removed member is let in until the 15-min ttl runs out",
+    "membership-fail-closed": "on a membership cache miss with Organization unreachable, "
+    "Workflow lets the request through (fail open) instead of refusing it",
+    "fail-open": "on an entitlements miss with Billing unreachable, Workflow refuses the "
+    "creation (503) instead of allowing it with a warning",
+    "last-known-good": "after a failed entitlements refresh Workflow forgets the last known "
+    "entitlements and lets creations through unchecked",
 }
 
 

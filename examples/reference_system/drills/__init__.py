@@ -6,7 +6,9 @@ To add a drill module, create ``drills/<service>.py`` with functions decorated b
 
 from . import analytics as analytics
 from . import audit as audit
+from . import billing as billing
 from . import cross as cross
 from . import identity as identity
 from . import notification as notification
 from . import organization as organization
+from . import workflow as workflow

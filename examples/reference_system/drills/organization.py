@@ -1,10 +1,11 @@
 """Drills 4-6: the Organization scenarios of the failure-mode analysis.
 
-The dependents here are STAND-INS, written for these drills while the real Billing and
-Workflow services are being built: `StandInWorkflow` (a membership projection fed by
-Organization's events, resources created through it) and `StandInBilling`
-(subscriptions). They follow the contracts of the reference system (topics, event
-payloads, routes), so the real services can replace them.
+Billing is the real service (`billing.py`). Workflow here is a STAND-IN,
+`StandInWorkflow`: drill 4 needs a dependent that authorises from a membership
+projection fed by Organization's events, and drill 5 one whose creations are jobs
+still in flight when the org is deleted; the real Workflow (`workflow.py`) asks
+Organization through a fail-closed cache and writes at once. It follows the contracts
+of the reference system (topics, event payloads, routes).
 
 Every figure comes from the independent record: the request log, the side-effect sink,
 the network's calls, an observer subscribed to the ``organization`` topic (what was
@@ -29,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from reference_system.billing import Billing
 from reference_system.core.drill import DrillResult, drill
 from reference_system.core.records import RequestLog, RequestRecord
 from reference_system.core.service import Service, ServiceContext
@@ -261,67 +263,6 @@ class StandInWorkflow(Service):
                 group.start_soon(self.job_loop)
             await group.start(super().run)
             task_status.started()
-
-
-BILLING_SCHEMA = """
-CREATE TABLE IF NOT EXISTS subscriptions (org_id TEXT PRIMARY KEY, plan TEXT, status TEXT);
-"""
-
-
-class StandInBilling(Service):
-    """A stand-in for Billing: one subscription row per org; ``org_purged`` deletes it."""
-
-    def __init__(self, ctx: ServiceContext) -> None:
-        super().__init__(ctx)
-        self.db = _Database(ctx, BILLING_SCHEMA)
-        self.consumers.append(
-            ResilientConsumer(
-                ctx.bus.subscribe(TOPIC, group="billing.organization"),
-                self.on_event,
-                name="billing.organization",
-                dead_letters=ctx.store.dead_letters,
-                inbox=Inbox(ctx.store.inbox, consumer="billing.organization"),
-                retry=RetryPolicy(
-                    attempts=5,
-                    backoff=Backoff.exponential(initial=2.0, maximum=10.0),
-                    clock=ctx.clock,
-                ),
-                clock=ctx.clock,
-            )
-        )
-
-    def routes(self) -> list[BaseRoute]:
-        return [
-            Route("/orgs/{org_id}/subscription", self.subscribe, methods=["POST"]),
-            Route("/orgs/{org_id}/cancel", self.cancel, methods=["POST"]),
-        ]
-
-    async def subscribe(self, request: Request) -> Response:
-        org_id = request.path_params["org_id"]
-        plan = str((await request.json()).get("plan", "pro"))
-        await self.db(
-            lambda c: c.execute(
-                "INSERT OR REPLACE INTO subscriptions VALUES (?, ?, 'active')", (org_id, plan)
-            )
-        )
-        return JSONResponse({"org_id": org_id, "plan": plan}, status_code=201)
-
-    async def cancel(self, request: Request) -> Response:
-        org_id = request.path_params["org_id"]
-        await self.db(
-            lambda c: c.execute(
-                "UPDATE subscriptions SET status = 'cancelled' WHERE org_id = ?", (org_id,)
-            )
-        )
-        self.ctx.sink.record("cancel", f"billing:{org_id}", self.ctx.service)
-        return JSONResponse({"org_id": org_id, "status": "cancelled"})
-
-    async def on_event(self, event: Event) -> None:
-        if event.type == "organization.org_purged":
-            org_id = str(event.payload["org_id"])
-            await self.db(
-                lambda c: c.execute("DELETE FROM subscriptions WHERE org_id = ?", (org_id,))
-            )
 
 
 # -- the observer: what was delivered, in which order ---------------------------------------
@@ -650,7 +591,7 @@ async def org_deletion(system: System) -> DrillResult:
     rand = system.rand
     system.relay_for("organization", poll_interval=RELAY_POLL)
     system.add("organization", lambda ctx: Organization(ctx, grace_period=GRACE))
-    system.add("billing", StandInBilling)
+    system.add("billing", Billing)
     workflow = system.add(
         "workflow", lambda ctx: StandInWorkflow(ctx, authorize="ask", processing=(5.0, 40.0))
     )[0]
