@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 import anyio
@@ -20,7 +21,8 @@ from resilience_kit.messaging import (
     RelayReport,
 )
 from resilience_kit.stores.memory import MemoryStore
-from resilience_kit.testing import VirtualClock
+from resilience_kit.testing import ChaosFault, ChaosPublisher, VirtualClock
+from resilience_kit.transports import MemoryBus
 from tests.messaging_fakes import RecordingPublisher
 
 pytestmark = pytest.mark.anyio
@@ -442,3 +444,41 @@ class TestOnTheSystemClock:
             report = await relay_.run_once()
         assert (report.published, report.retried) == (2, 1)
         assert published == ["fast0", "fast1"]
+
+
+@pytest.mark.anyio
+async def test_a_seeded_relay_retries_at_the_same_jittered_times() -> None:
+    async def retry_times(seed: int) -> list[float]:
+        clock = VirtualClock(auto_advance=False)
+        store = MemoryStore(clock=clock)
+        with store.transaction() as transaction:
+            Outbox(store.outbox, topic="orgs").add(
+                transaction, Event(type="org.created", key="org:1", payload={})
+            )
+        outage = ChaosFault(ConnectionError("bus down"), schedule=[True, True, True])
+        bus = MemoryBus()
+        chaos = ChaosPublisher(bus, outage, clock=clock)
+        relay = OutboxRelay(
+            store.outbox,
+            chaos,
+            backoff=Backoff.exponential(initial=1.0, maximum=60.0, jitter="full"),
+            poll_interval=0.5,
+            clock=clock,
+            rand=random.Random(seed).random,
+        )
+        async with clock.autojump(), anyio.create_task_group() as group:
+            await group.start(relay.run)
+            while not bus.retained("orgs"):
+                await clock.asleep(0.5)
+            group.cancel_scope.cancel()
+        return [attempt.at for attempt in chaos.attempts]
+
+    first, again, other = await retry_times(7), await retry_times(7), await retry_times(8)
+    assert len(first) == 4
+    assert first == again
+    assert first != other
+
+
+def test_a_relay_refuses_a_rand_that_is_not_callable() -> None:
+    with pytest.raises(ConfigurationError, match="rand"):
+        OutboxRelay(MemoryStore().outbox, MemoryBus(), rand=0.5)  # type: ignore[arg-type]

@@ -1071,3 +1071,34 @@ def test_a_clocked_store_stamps_outbox_rows_with_its_clock_and_checks_the_connec
         connection.close()
         with pytest.raises(TypeError, match=r"sqlite3\.Connection"):
             store.outbox.add("not a connection", [entry()])  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_a_commit_holds_a_virtual_clock_until_the_woken_waiter_resumes(
+    tmp_path: Path,
+) -> None:
+    clock = VirtualClock(auto_advance=False)
+    store = SQLiteStore(tmp_path / "app.db", clock=clock)
+    store.migrate()
+    woken = anyio.Event()
+
+    async def waiter() -> None:
+        await store.outbox.wait_for_rows(30.0)
+        woken.set()
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            connection = store.connect()
+            with connection:
+                store.outbox.add(connection, [entry()])  # commits and wakes the waiter
+            connection.close()
+            # Until the waiter runs again, autojump must not move time past it.
+            assert clock.held
+            await woken.wait()
+            await anyio.wait_all_tasks_blocked()
+            assert not clock.held
+            assert clock.monotonic() == 0.0
+    finally:
+        store.close()

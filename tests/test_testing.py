@@ -644,6 +644,36 @@ async def test_autojump_never_jumps_while_a_worker_thread_is_busy() -> None:
 
 
 @pytest.mark.anyio
+async def test_autojump_never_jumps_while_the_clock_is_held() -> None:
+    clock = VirtualClock(auto_advance=False)
+    seen: list[float] = []
+
+    def woken_elsewhere() -> float:
+        time.sleep(0.05)  # a thread autojump cannot see (a limiter of its own)
+        return clock.monotonic()
+
+    async def wait_for_the_wake_up() -> None:
+        hold = clock.hold()  # taken where the wake-up starts
+        try:
+            seen.append(
+                await anyio.to_thread.run_sync(woken_elsewhere, limiter=anyio.CapacityLimiter(1))
+            )
+        finally:
+            hold.release()  # released where the woken task resumes
+        hold.release()  # twice is once
+
+    async def timer() -> None:
+        await clock.asleep(1.0)
+
+    async with clock.autojump(), anyio.create_task_group() as group:
+        group.start_soon(timer)
+        await Timeout(0.5, clock=clock).acall(wait_for_the_wake_up)  # no jump: no timeout
+    assert seen == [0.0]
+    assert clock.monotonic() == 1.0
+    assert not clock.held
+
+
+@pytest.mark.anyio
 async def test_autojump_waits_for_the_outside_world_when_no_timer_is_pending() -> None:
     clock = VirtualClock(auto_advance=False)
     async with clock.autojump(idle_poll=0.001):

@@ -57,6 +57,7 @@ __all__ = (
     "ChaosLatency",
     "ChaosPublisher",
     "ChaosResult",
+    "ClockHold",
     "PublishAttempt",
     "Switch",
     "VirtualClock",
@@ -126,6 +127,7 @@ class VirtualClock:
         self._timers: list[tuple[float, int, _Timer]] = []
         self._sequence = itertools.count()
         self._lock = threading.RLock()
+        self._holds = 0
         self._moved = threading.Condition(self._lock)
 
     def __repr__(self) -> str:
@@ -217,6 +219,36 @@ class VirtualClock:
                 heapq.heappop(self._timers)
             return self._timers[0][0] if self._timers else None
 
+    def hold(self) -> ClockHold:
+        """Keep `autojump` from moving time until the returned hold is released.
+
+        For work that wakes a task from another thread: a commit notifying a waiter whose
+        worker thread has not returned yet leaves every task looking blocked, and a jump
+        then would run the waiter late in virtual time, by however long the thread took
+        in real time. Take the hold where the wake-up starts (any thread), release it
+        where the woken task resumes. Thread-safe; releasing twice releases once.
+
+        Examples:
+            >>> clock = VirtualClock(auto_advance=False)
+            >>> with clock.hold():
+            ...     clock.held
+            True
+            >>> clock.held
+            False
+        """
+        with self._lock:
+            self._holds += 1
+        return ClockHold(self)
+
+    @property
+    def held(self) -> bool:
+        """Whether a `hold` is in force (`autojump` then waits)."""
+        return self._holds > 0
+
+    def _release(self) -> None:
+        with self._lock:
+            self._holds -= 1
+
     @asynccontextmanager
     async def autojump(self, *, idle_poll: float = 0.005) -> AsyncIterator[VirtualClock]:
         """Move time to the next timer whenever every other task is blocked.
@@ -230,7 +262,8 @@ class VirtualClock:
         Time never jumps while one of anyio's worker threads is busy (a database call
         offloaded with ``anyio.to_thread``): its task only looks blocked, and jumping
         would fire its timeouts spuriously. Threads started with a limiter of their own
-        are not seen; time may jump while they run.
+        are not seen; time may jump while they run, unless whoever wakes them holds the
+        clock (`hold`), as `SQLiteStore(clock=...)` does for a relay it wakes.
 
         Args:
             idle_poll: real seconds to wait before looking again when a worker thread is
@@ -278,7 +311,7 @@ class VirtualClock:
                 await anyio.lowlevel.checkpoint()
             # Threads first: a task whose thread has just finished is runnable, and asking
             # wait_all_tasks_blocked then would cost its real 0.1 s pause on asyncio.
-            if threads.borrowed_tokens:
+            if threads.borrowed_tokens or self._holds:
                 await anyio.sleep(_THREAD_POLL)  # real time: let the worker thread finish
                 continue
             # asyncio's wait_all_tasks_blocked sleeps a real 0.1 s each time it sees a
@@ -289,12 +322,42 @@ class VirtualClock:
             if waited.cancelled_caught:
                 continue
             deadline = self.next_deadline()
-            if threads.borrowed_tokens:
+            if threads.borrowed_tokens or self._holds:
                 continue
             if deadline is None:
                 await anyio.sleep(idle_poll)  # real time: only the outside world can act
                 continue
             self.advance(max(0.0, deadline - self._now))
+
+
+class ClockHold:
+    """A `VirtualClock.hold`: `autojump` waits until it is released (or its ``with`` ends)."""
+
+    __slots__ = ("_clock", "_lock", "_released")
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._released = False
+
+    def release(self) -> None:
+        """Let `autojump` move time again (once; later calls do nothing)."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._clock._release()
+
+    def __enter__(self) -> ClockHold:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
 
 
 class Switch:

@@ -88,7 +88,12 @@ class System:
             store.migrate()
             self.stores[service] = store
             # Idle relays wake on commits through this store object; the poll is a backstop.
-            options: dict[str, Any] = {"poll_interval": 30.0, "publisher": self.bus}
+            # The relay's backoff jitter comes from the seed too: --seed N reproduces it.
+            options: dict[str, Any] = {
+                "poll_interval": 30.0,
+                "publisher": self.bus,
+                "rand": random.Random(f"{self.seed}:{service}.relay").random,
+            }
             options.update(self._relay_options.get(service, {}))
             publisher = options.pop("publisher")
             self.relays[service] = OutboxRelay(

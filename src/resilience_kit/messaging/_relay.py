@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Literal
@@ -100,6 +101,8 @@ class OutboxRelay:
         purge_interval: seconds between retention purges.
         status_interval: seconds between backlog/lag measurements for metrics.
         clock: the clock for backoff waits (default: the system clock).
+        rand: the random source for the backoff's jitter (a seeded one makes a test's
+            retry times reproducible); `random.random` by default.
 
     Raises:
         ConfigurationError: a parameter is invalid (named in the message).
@@ -137,6 +140,7 @@ class OutboxRelay:
         purge_interval: float = 300.0,
         status_interval: float = 15.0,
         clock: Clock | None = None,
+        rand: Callable[[], float] | None = None,
     ) -> None:
         if not isinstance(store, OutboxStore):
             raise ConfigurationError("store", f"must implement OutboxStore, got {store!r}")
@@ -164,6 +168,8 @@ class OutboxRelay:
             )
         if not isinstance(backoff, Backoff):
             raise ConfigurationError("backoff", f"must be a Backoff, got {backoff!r}")
+        if rand is not None and not callable(rand):
+            raise ConfigurationError("rand", f"must be a callable, got {rand!r}")
         if on_exhausted not in ("dead_letter", "block"):
             raise ConfigurationError(
                 "on_exhausted", f"must be 'dead_letter' or 'block', got {on_exhausted!r}"
@@ -183,6 +189,7 @@ class OutboxRelay:
         self.purge_interval = float(purge_interval)
         self.status_interval = float(status_interval)
         self._clock = clock
+        self._rand = rand or random.random
         self._last_status: OutboxStatus | None = None
         self._labels = {"relay": self.name}
         self._outcome_labels = {
@@ -373,7 +380,7 @@ class OutboxRelay:
         if message.attempts >= self.max_attempts:
             await self._give_up(message, error, tally)
             return
-        delay = self.backoff.delay(message.attempts)
+        delay = self.backoff.delay(message.attempts, rand=self._rand)
         description = _describe(error)
         with anyio.CancelScope(shield=True):
             held = await self.store.retry_later(message, error=description, delay=delay)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -473,7 +473,7 @@ class Database:
         if seconds <= 0:
             await anyio.lowlevel.checkpoint()
             return
-        woken = threading.Event()
+        woken = _Wakeup(getattr(self.clock, "hold", None))
         with self._waiters_lock:
             self._waiters.add(woken)
         try:
@@ -494,10 +494,10 @@ class Database:
         finally:
             with self._waiters_lock:
                 self._waiters.discard(woken)
-            woken.set()
+            woken.release()  # free a thread still waiting, and the clock a wake-up held
 
     @staticmethod
-    async def _wait(woken: threading.Event, seconds: float) -> None:
+    async def _wait(woken: _Wakeup, seconds: float) -> None:
         await anyio.to_thread.run_sync(
             woken.wait, seconds, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
         )
@@ -528,3 +528,36 @@ class Database:
                 f"SQLite database {self.path!r}: {message}", store=self.label
             )
         return StoreError(f"SQLite database {self.path!r}: {message}", store=self.label)
+
+
+class _Wakeup(threading.Event):
+    """A commit's wake-up for one waiter, holding a test's clock until the waiter resumes.
+
+    On a clock that can hold (a test's `VirtualClock`) the hold lasts from the commit
+    until the waiter runs again. The waiter sleeps in a worker thread of its own
+    limiter, which `autojump` cannot see: without the hold, every task looks blocked
+    between the commit and the thread's return, and time would jump past the relay's
+    wake-up.
+    """
+
+    def __init__(self, hold: Callable[[], Any] | None) -> None:
+        super().__init__()
+        self._hold = hold
+        self._holds: list[Any] = []
+        self._holds_lock = threading.Lock()
+
+    def set(self) -> None:
+        """Wake the waiter (from any thread), holding the clock until it resumes."""
+        if self._hold is not None:
+            with self._holds_lock:
+                if not self.is_set():
+                    self._holds.append(self._hold())
+        super().set()
+
+    def release(self) -> None:
+        """Free a thread still waiting (a cancelled wait) and every hold taken."""
+        super().set()
+        with self._holds_lock:
+            holds, self._holds = self._holds, []
+        for hold in holds:
+            hold.release()
