@@ -146,6 +146,8 @@ def independent_fold(events: Iterable[Event]) -> dict[str, Any]:
             totals["signups"] += 1
             days[day]["signups"] += 1
             continue
+        if "org_id" not in payload:  # about no org (a session revoked): counted, no row
+            continue
         org_id = str(payload["org_id"])
         org = orgs.setdefault(
             org_id,
