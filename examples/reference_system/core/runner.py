@@ -175,12 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [report.drill.name for report in reports if not report.result.passed]
     drilled = [report for report in reports if report.drill.name != BASELINE]
     baseline = [report for report in reports if report.drill.name == BASELINE]
-    verdict = "".join(
-        f"baseline {'PASS' if report.result.passed else 'FAIL'}; " for report in baseline
-    )
-    passed = sum(1 for report in drilled if report.result.passed)
+    parts = [f"baseline {'PASS' if report.result.passed else 'FAIL'}" for report in baseline]
+    if drilled or not baseline:
+        passed = sum(1 for report in drilled if report.result.passed)
+        parts.append(f"{passed} of {len(drilled)} drills passed")
     print(
-        f"\n{verdict}{passed} of {len(drilled)} drills passed in "
+        f"\n{'; '.join(parts)} in "
         f"{time.perf_counter() - started:.1f}s (seed {args.seed}, {args.backend}"
         + (f", without {', '.join(without)}" if without else "")
         + ")"
