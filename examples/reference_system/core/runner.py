@@ -15,6 +15,9 @@ import anyio
 from .drill import Drill, Report, registry, run_drill
 from .mitigations import KNOWN
 
+BASELINE = "baseline"
+"""The run before the drills: every service together, a mixed workload, no fault."""
+
 COLUMNS = (
     ("#", lambda r: str(r.drill.number)),
     ("drill", lambda r: r.drill.name),
@@ -59,6 +62,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=sorted(KNOWN),
         help="switch a mitigation off (repeatable)",
     )
+    parser.add_argument(
+        "--skip-baseline",
+        action="store_true",
+        help="do not run the baseline (number 0: every service, mixed workload, no fault) "
+        "first; it is skipped anyway when a mitigation is switched off",
+    )
     parser.add_argument("--list", action="store_true", help="list the drills and mitigations")
     parser.add_argument("--quiet", action="store_true", help="print only the table")
     return parser.parse_args(argv)
@@ -85,7 +94,7 @@ def listing(drills: dict[str, Drill]) -> str:
     for drill in drills.values():
         lines.append(f"  {drill.number:>2}  {drill.name:<26} {drill.scenario}")
         lines.append(f"      fault: {drill.fault}")
-        lines.append(f"      mitigations: {', '.join(drill.mitigations)}")
+        lines.append(f"      mitigations: {', '.join(drill.mitigations) or 'none'}")
     lines.append("Mitigations (--without-mitigation NAME):")
     lines += [f"  {name:<14} {meaning}" for name, meaning in sorted(KNOWN.items())]
     return "\n".join(lines)
@@ -101,10 +110,15 @@ async def run_all(
 ) -> list[Report]:
     """Run ``drills`` one after another, printing a progress line for each."""
     reports = []
-    for index, drill in enumerate(drills, 1):
+    numbered = [drill for drill in drills if drill.name != BASELINE]
+    for drill in drills:
+        if drill.name == BASELINE:
+            position = "[0]"
+        else:
+            position = f"[{numbered.index(drill) + 1}/{len(numbered)}]"
         if out is not None:
             print(
-                f"[{index}/{len(drills)}] {drill.name}: {drill.scenario} ...",
+                f"{position} {drill.name}: {drill.scenario} ...",
                 end="",
                 file=out,
                 flush=True,
@@ -137,8 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         noun = "drills" if len(unknown) > 1 else "drill"
         print(f"unknown {noun}: {', '.join(unknown)}; see --list", file=sys.stderr)
         return 2
-    chosen = [drills[name] for name in args.drill] if args.drill else list(drills.values())
     without = tuple(args.without_mitigation)
+    if args.drill:
+        chosen = [drills[name] for name in args.drill]
+    else:
+        # The baseline judges the system with every mitigation on: with one off, the
+        # drills show the impact, and the baseline has nothing to say.
+        skip = args.skip_baseline or bool(without)
+        chosen = [d for d in drills.values() if not (skip and d.name == BASELINE)]
     started = time.perf_counter()
     reports = anyio.run(
         lambda: run_all(
@@ -153,8 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(table(reports))
     failed = [report.drill.name for report in reports if not report.result.passed]
+    drilled = [report for report in reports if report.drill.name != BASELINE]
+    baseline = [report for report in reports if report.drill.name == BASELINE]
+    parts = [f"baseline {'PASS' if report.result.passed else 'FAIL'}" for report in baseline]
+    if drilled or not baseline:
+        passed = sum(1 for report in drilled if report.result.passed)
+        parts.append(f"{passed} of {len(drilled)} drills passed")
     print(
-        f"\n{len(reports) - len(failed)} of {len(reports)} drills passed in "
+        f"\n{'; '.join(parts)} in "
         f"{time.perf_counter() - started:.1f}s (seed {args.seed}, {args.backend}"
         + (f", without {', '.join(without)}" if without else "")
         + ")"
@@ -166,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "backend": args.backend,
             "without_mitigation": list(without),
             "passed": not failed,
-            "drills": [report.as_json() for report in reports],
+            "baseline": baseline[0].as_json() if baseline else None,
+            "drills": [report.as_json() for report in drilled],
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     return 1 if failed else 0

@@ -6,6 +6,7 @@ To add a drill module, create ``drills/<service>.py`` with functions decorated b
 
 from . import analytics as analytics
 from . import audit as audit
+from . import baseline as baseline
 from . import billing as billing
 from . import cross as cross
 from . import identity as identity

@@ -1,11 +1,17 @@
 """Drills 15-16: the Audit scenarios of the failure-mode analysis.
 
-Audit consumes every service's topic. Until the Organization, Billing and Workflow
-services publish for real, a stand-in producer in each drill publishes their events on
-the bus, with the contract's types, keys and payloads (`Producer`); Identity's
-``identity.user_signed_up`` is published the same way. Every event published is noted
-with its instant: that list, the rows in the audit database and the archive files —
-read by the drill itself — are what the drills are judged on.
+Audit consumes every service's topic. In these two drills a stand-in producer
+publishes Identity's, Organization's, Billing's and Workflow's events on the bus, with
+the contract's types, keys and payloads (`Producer`), and the stand-in stays on
+purpose: both scenarios are about *volume* — a bulk import at ten times the normal rate
+for 5 s (drill 15), enough history to fill the audit volume's quota (drill 16) — and
+need that exact rate and count. Through the real services each event costs an HTTP
+request through Workflow's membership and entitlement checks, which would put hundreds
+of requests a second on the workload and take the drills far over their time budget
+while measuring nothing about Audit. The real services feed Audit in the baseline (drill
+0), which checks that Audit holds every event they publish. Every event published is
+noted with its instant: that list, the rows in the audit database and the archive files
+— read by the drill itself — are what the drills are judged on.
 """
 
 from __future__ import annotations
