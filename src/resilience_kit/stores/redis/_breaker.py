@@ -179,6 +179,7 @@ class RedisBreakerStore:
             time (the breakers keep their local state).
 
         Examples:
+            <!-- not run: needs a Redis server -->
             ```python
             store = RedisBreakerStore(url="redis://localhost:6379/0")
             billing = CircuitBreaker("billing", store=store)
