@@ -62,6 +62,39 @@ def test_importing_the_retry_policy_loads_neither_the_breaker_nor_the_bulkhead()
         "resilience_kit.policies._retry_after",
     }
     assert heavy(modules) == set()
+    # Neither anyio nor the costly standard-library modules: they load on first use.
+    assert {"anyio", "asyncio", "dataclasses", "inspect", "logging"} & modules == set()
+
+
+def test_the_retry_policy_loads_anyio_and_inspect_when_first_used() -> None:
+    modules = loaded_after("""
+        import asyncio
+        from resilience_kit import Backoff, RetryPolicy
+        from resilience_kit.clock import SystemClock
+
+        @RetryPolicy(attempts=2, on=ValueError, backoff=Backoff.none())
+        async def ok() -> int:
+            await SystemClock().asleep(0)  # binds anyio.sleep
+            await SystemClock().asleep(0)  # uses it
+            return 1
+
+        assert asyncio.run(ok()) == 1
+    """)
+    assert {"anyio", "inspect"} <= modules
+
+
+def test_the_logger_is_created_on_first_use() -> None:
+    modules = loaded_after("""
+        from resilience_kit import _telemetry
+        import logging
+        assert _telemetry.logger is logging.getLogger("resilience_kit")
+        assert any(isinstance(h, logging.NullHandler) for h in _telemetry.logger.handlers)
+    """)
+    assert "logging" in modules
+    from resilience_kit import _telemetry  # noqa: PLC0415  (the module under test)
+
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        _ = _telemetry.nope  # type: ignore[attr-defined]
 
 
 def test_each_policies_name_loads_from_the_module_that_defines_it() -> None:
