@@ -107,7 +107,7 @@ __all__ = (
 )
 
 if not TYPE_CHECKING:  # mypy and editors see the imports above, not a catch-all
-    from importlib import import_module as _import_module
+    import sys as _sys
 
     from resilience_kit._exports import TOP_LEVEL as _TOP_LEVEL
 
@@ -116,7 +116,9 @@ if not TYPE_CHECKING:  # mypy and editors see the imports above, not a catch-all
         module = _TOP_LEVEL.get(name)
         if module is None:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(_import_module(module), name)
+        # `__import__`, unlike `importlib.import_module`, shows in ``python -X importtime``.
+        __import__(module)
+        value = getattr(_sys.modules[module], name)
         globals()[name] = value  # later lookups skip __getattr__
         return value
 

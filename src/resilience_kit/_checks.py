@@ -8,7 +8,6 @@ parameter.
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from collections.abc import Callable
@@ -90,14 +89,30 @@ def check_topic(topic: object) -> str:
 
 def is_async_callable(fn: object) -> bool:
     """Tell whether calling ``fn`` returns an awaitable we must await."""
-    if inspect.iscoroutinefunction(fn):
+    if _iscoroutinefunction(fn):
         return True
     # A callable object whose __call__ is async counts too.
-    return inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+    return _iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+
+
+def _first_iscoroutinefunction(fn: object) -> bool:
+    """Bind `inspect.iscoroutinefunction` for `is_async_callable`, then act as it."""
+    # `inspect` costs more to import than the rest of a policy's imports together, and
+    # only runs once something is wrapped or called; later calls cost one global lookup.
+    global _iscoroutinefunction  # noqa: PLW0603  (bound once, on first use)
+    import inspect  # noqa: PLC0415  (deferred: see above)
+
+    _iscoroutinefunction = inspect.iscoroutinefunction
+    return inspect.iscoroutinefunction(fn)
+
+
+_iscoroutinefunction: Callable[[object], bool] = _first_iscoroutinefunction
 
 
 def check_wrappable(fn: object, policy: object) -> None:
     """Reject what a policy cannot wrap, at decoration time rather than on first call."""
+    import inspect  # noqa: PLC0415  (deferred, see `_first_iscoroutinefunction`)
+
     if not callable(fn):
         raise TypeError(f"{policy!r} can only decorate a callable, got {fn!r}")
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):

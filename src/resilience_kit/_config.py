@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from resilience_kit.clock import Clock
 
 
-@dataclass
 class _State:
-    no_wait: bool = False
-    clock: Clock | None = None
+    # A plain class, not a dataclass: `dataclasses` imports `inspect`, which every
+    # policy would then pay for at import time.
+    __slots__ = ("clock", "no_wait")
+
+    def __init__(self) -> None:
+        self.no_wait = False
+        self.clock: Clock | None = None
 
 
 state = _State()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -10,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 # OpenTelemetry is imported on first use, not with the policies: it is about as costly
 # to import as the policies themselves, and many programs never record anything.
 if TYPE_CHECKING:
+    import logging
+
     from opentelemetry.context import Context
     from opentelemetry.metrics import (
         CallbackOptions,
@@ -67,8 +68,21 @@ _DESCRIPTIONS = {
 _GAUGES = {OUTBOX_BACKLOG, OUTBOX_LAG, HEALTH_STATUS, HEALTH_CHECK_STATUS, BATCH_WRITER_DEPTH}
 _UNITS = {OUTBOX_LAG: "s", BATCH_WRITER_WRITE_DURATION: "s"}
 
-logger = logging.getLogger("resilience_kit")
-logger.addHandler(logging.NullHandler())  # a library never prints unless configured
+if TYPE_CHECKING:
+    logger: logging.Logger
+else:
+
+    def __getattr__(name: str) -> object:
+        """Create `logger` on first use (PEP 562): `logging` is costly to import."""
+        if name != "logger":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import logging  # noqa: PLC0415  (deferred: see the docstring)
+
+        log = logging.getLogger("resilience_kit")
+        log.addHandler(logging.NullHandler())  # a library never prints unless configured
+        globals()["logger"] = log  # later lookups skip __getattr__
+        return log
+
 
 _meter_provider: MeterProvider | None = None
 _tracer_provider: TracerProvider | None = None

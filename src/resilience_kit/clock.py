@@ -13,10 +13,8 @@ Examples:
 from __future__ import annotations
 
 import time as _time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
-
-import anyio
 
 from resilience_kit import _config
 
@@ -89,8 +87,21 @@ class SystemClock:
 
     async def asleep(self, seconds: float) -> None:
         """Suspend the calling task with `anyio.sleep`."""
-        await anyio.sleep(seconds)
+        await _anyio_sleep(seconds)
 
+
+async def _first_sleep(seconds: float) -> None:
+    """Bind `anyio.sleep` for `SystemClock.asleep`, then sleep with it."""
+    # anyio loads on the first async sleep, not on import: a synchronous user never pays
+    # for it, and later sleeps cost one global lookup, as a module-level import would.
+    global _anyio_sleep  # noqa: PLW0603  (bound once, on first use)
+    import anyio  # noqa: PLC0415  (deferred: see above)
+
+    _anyio_sleep = anyio.sleep
+    await anyio.sleep(seconds)
+
+
+_anyio_sleep: Callable[[float], Awaitable[None]] = _first_sleep
 
 SYSTEM_CLOCK = SystemClock()
 

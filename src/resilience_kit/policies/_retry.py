@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from resilience_kit import _config, _telemetry
 from resilience_kit._checks import ExceptionFilter, check_int, check_positive, exception_matcher
@@ -18,10 +16,11 @@ from resilience_kit.policies._base import P, Policy, R
 from resilience_kit.policies._budget import RetryBudget
 from resilience_kit.policies._retry_after import header_hint, hint_seconds, retry_after_hint
 
+_INFO = 20  # `logging.INFO`, without importing `logging` with the policy
+
 StopReason = Literal["attempts", "deadline", "budget", "retry_after"]
 
 
-@dataclass(frozen=True, slots=True)
 class RetryEvent:
     """What a `RetryPolicy` hands its ``before_sleep`` hooks before each wait.
 
@@ -36,12 +35,76 @@ class RetryEvent:
         result: the rejected result, when ``exception`` is ``None``.
     """
 
-    policy: str
-    attempt: int
-    delay: float
-    elapsed: float
-    exception: BaseException | None
-    result: Any = None
+    # A hand-written frozen record rather than a dataclass: `dataclasses` imports
+    # `inspect`, which would double what ``from resilience_kit import RetryPolicy`` costs.
+    __slots__ = ("attempt", "delay", "elapsed", "exception", "policy", "result")
+    __match_args__ = ("policy", "attempt", "delay", "elapsed", "exception", "result")
+
+    if TYPE_CHECKING:  # read-only for type checkers, as a frozen dataclass's fields are
+
+        @property
+        def policy(self) -> str: ...
+        @property
+        def attempt(self) -> int: ...
+        @property
+        def delay(self) -> float: ...
+        @property
+        def elapsed(self) -> float: ...
+        @property
+        def exception(self) -> BaseException | None: ...
+        @property
+        def result(self) -> Any: ...
+
+    def __init__(  # noqa: PLR0917  (the record's fields, positional like a dataclass's)
+        self,
+        policy: str,
+        attempt: int,
+        delay: float,
+        elapsed: float,
+        exception: BaseException | None,
+        result: Any = None,
+    ) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "policy", policy)
+        setattr_(self, "attempt", attempt)
+        setattr_(self, "delay", delay)
+        setattr_(self, "elapsed", elapsed)
+        setattr_(self, "exception", exception)
+        setattr_(self, "result", result)
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.policy, self.attempt, self.delay, self.elapsed, self.exception, self.result)
+
+    if not TYPE_CHECKING:  # type checkers see the read-only properties above instead
+
+        def __setattr__(self, name: str, value: object) -> None:
+            # The error a frozen dataclass raises, so that code written against one still works.
+            from dataclasses import FrozenInstanceError  # noqa: PLC0415  (only on misuse)
+
+            raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+        def __delattr__(self, name: str) -> None:
+            from dataclasses import FrozenInstanceError  # noqa: PLC0415  (only on misuse)
+
+            raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RetryEvent) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        values = ", ".join(
+            f"{name}={value!r}"
+            for name, value in zip(self.__match_args__, self._fields(), strict=True)
+        )
+        return f"{type(self).__qualname__}({values})"
+
+    def __reduce__(self) -> tuple[type[RetryEvent], tuple[Any, ...]]:
+        return (type(self), self._fields())
 
 
 RetryHook = Callable[[RetryEvent], object]
@@ -255,7 +318,7 @@ class RetryPolicy(Policy):
                 self._attributes[kind] = attributes
         _telemetry.emit(_telemetry.RETRY_ATTEMPTS, attributes)
         logger = _telemetry.logger
-        if logger.isEnabledFor(logging.INFO):
+        if logger.isEnabledFor(_INFO):
             logger.info(
                 "retry %r: attempt %d failed (%s); retrying in %.3fs",
                 self.name,
