@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 FAILURE = 1
@@ -52,6 +53,27 @@ class CountWindow:
         self._head = 0 if head == self._size else head
         self.all_clear = self.calls == self._size and not self.failures and not self.slow
 
+    def record_success(self, now: float) -> None:
+        """``record(0, now)`` for the breaker's hot path: a clean outcome, fewer steps."""
+        head = self._head
+        calls = self.calls
+        if calls == self._size:
+            outcomes = self._outcomes
+            old = outcomes[head]
+            if old:
+                outcomes[head] = 0
+                self.failures -= old & FAILURE
+                self.slow -= (old & SLOW) >> 1
+                self.all_clear = not self.failures and not self.slow
+        else:
+            # While filling, the slots from the head on were never written since the
+            # last reset: they already hold 0.
+            self.calls = calls = calls + 1
+            if calls == self._size:
+                self.all_clear = not self.failures and not self.slow
+        head += 1
+        self._head = 0 if head == self._size else head
+
     def totals(self, now: float) -> WindowTotals:
         """The aggregates over the window."""
         return WindowTotals(self.calls, self.failures, self.slow)
@@ -69,7 +91,18 @@ class TimeWindow:
     # Every outcome counts towards the bucket of its second: none can be skipped.
     all_clear = False
 
-    __slots__ = ("_calls", "_current", "_failures", "_size", "_slow", "calls", "failures", "slow")
+    __slots__ = (
+        "_calls",
+        "_current",
+        "_edge",
+        "_failures",
+        "_size",
+        "_slot",
+        "_slow",
+        "calls",
+        "failures",
+        "slow",
+    )
 
     def __init__(self, seconds: int) -> None:
         self._size = seconds
@@ -77,6 +110,10 @@ class TimeWindow:
         self._failures = [0] * seconds
         self._slow = [0] * seconds
         self._current: int | None = None
+        # Every reading below the edge lands in the newest bucket, `_slot`: the hot path
+        # of `record_success` compares one float instead of advancing.
+        self._edge = -math.inf
+        self._slot = 0
         self.calls = 0
         self.failures = 0
         self.slow = 0
@@ -87,7 +124,7 @@ class TimeWindow:
         if current is None or tick - current >= self._size:
             if self.calls:
                 self.reset()
-            self._current = tick
+            self._current = newest = tick
         elif tick > current:
             for stale in range(current + 1, tick + 1):
                 slot = stale % self._size
@@ -95,9 +132,15 @@ class TimeWindow:
                 self.failures -= self._failures[slot]
                 self.slow -= self._slow[slot]
                 self._calls[slot] = self._failures[slot] = self._slow[slot] = 0
-            self._current = tick
-        # A reading older than the newest bucket (threads racing) lands in the newest.
-        return max(tick, self._current if self._current is not None else tick) % self._size
+            self._current = newest = tick
+        else:
+            # A reading older than the newest bucket (threads racing) lands in the newest.
+            newest = current
+        # int() truncates towards zero: after a negative bucket the next one starts just
+        # above it, not one second later.
+        self._edge = newest + 1 if newest >= 0 else newest
+        self._slot = slot = newest % self._size
+        return slot
 
     def record(self, outcome: int, now: float) -> None:
         """Add one outcome at time ``now``, dropping buckets older than the window."""
@@ -111,6 +154,12 @@ class TimeWindow:
         self.failures += failed
         self.slow += slow
 
+    def record_success(self, now: float) -> None:
+        """``record(0, now)`` for the breaker's hot path: one bucket and one total to bump."""
+        slot = self._slot if now < self._edge else self._advance(now)
+        self._calls[slot] += 1
+        self.calls += 1
+
     def totals(self, now: float) -> WindowTotals:
         """The aggregates over the last ``seconds`` seconds before ``now``."""
         self._advance(now)
@@ -122,4 +171,5 @@ class TimeWindow:
         self._failures = [0] * self._size
         self._slow = [0] * self._size
         self._current = None
+        self._edge = -math.inf
         self.calls = self.failures = self.slow = 0
