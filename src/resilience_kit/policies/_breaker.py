@@ -41,6 +41,9 @@ _NAMES = {state: state.value for state in CircuitState}  # enum's .value is a sl
 _OTHER_INSTANCE = "changed by another instance"
 # How often one call retries a transition it lost to another writer before giving up.
 _MAX_RACES = 4
+# Read on every call of a time-window breaker: bound once (neither is ever replaced).
+_CONFIG = _config.state
+_system_monotonic = SYSTEM_CLOCK.monotonic
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,7 +565,7 @@ class CircuitBreaker(Policy):
             outcome |= SLOW
         event = None
         lock = self._lock
-        lock.acquire()  # not `with`: see _on_success
+        lock.acquire()  # not `with`: see _success_recorder
         try:
             if version != self._version:
                 return  # admitted under an earlier state: its outcome is stale
@@ -594,47 +597,62 @@ class CircuitBreaker(Policy):
             return
         self._change(current, verdict[0], verdict[1], now)
 
-    def _on_success(self, version: int) -> None:
+    def _success_recorder(self) -> Callable[[int], None]:
         """`_on_outcome` for a clean outcome without a slow-call timer: the usual case.
 
-        Recording a clean outcome in a CLOSED breaker takes fewer steps than the general
-        case; any other state goes the general way.
+        The drivers call the function returned for every success the clean-window
+        shortcut does not cover. It records in a CLOSED breaker in fewer steps than the
+        general case (what it reads is bound once: none of it is ever replaced); any
+        other state goes the general way.
         """
-        # resolve_clock inlined: every call of a time-window breaker reads the clock.
-        now = (
-            (self._clock or _config.state.clock or SYSTEM_CLOCK).monotonic() if self._timed else 0.0
-        )
-        # acquire/release rather than `with`: half the cost, on every recorded call.
+        breaker = self
         lock = self._lock
-        lock.acquire()
-        try:
-            if version != self._version:
-                return  # admitted under an earlier state: its outcome is stale
-            if self._state is not CLOSED:
-                current = None
+        acquire, release = lock.acquire, lock.release
+        record_success = self._window.record_success
+        window = self._window
+        clock = self._clock
+        timed = self._timed
+        minimum = self._min_calls
+        threshold, slow_threshold = self._threshold, self._slow_threshold
+
+        def on_success(version: int) -> None:
+            # resolve_clock inlined: every call of a time-window breaker reads the clock.
+            if timed:
+                installed = clock or _CONFIG.clock
+                now = _system_monotonic() if installed is None else installed.monotonic()
             else:
-                window = self._window
-                window.record_success(now)
-                failures, slow, calls = window.failures, window.slow, window.calls
-                # A clean window cannot open the breaker (thresholds are > 0); nor can
-                # one under both thresholds (_judge_window's test, inlined).
-                if (
-                    not (failures or slow)
-                    or calls < self._min_calls
-                    or (
-                        failures / calls < self._threshold
-                        and (not slow or slow / calls < self._slow_threshold)
-                    )
-                ):
-                    return
-                verdict = self._judge_window(failures, slow, calls)
-                current = self._record
-        finally:
-            lock.release()
-        if current is None:
-            self._on_outcome(version, 0, 0.0)
-        elif verdict is not None:  # pragma: no branch  (the test above says it opens)
-            self._change(current, verdict[0], verdict[1], now if self._timed else None)
+                now = 0.0
+            # acquire/release rather than `with`: half the cost, on every recorded call.
+            acquire()
+            try:
+                if version != breaker._version:
+                    return  # admitted under an earlier state: its outcome is stale
+                if breaker._state is not CLOSED:
+                    current = None
+                else:
+                    record_success(now)
+                    failures, slow, calls = window.failures, window.slow, window.calls
+                    # A clean window cannot open the breaker (thresholds are > 0); nor
+                    # can one under both thresholds (_judge_window's test, inlined).
+                    if (
+                        not (failures or slow)
+                        or calls < minimum
+                        or (
+                            failures / calls < threshold
+                            and (not slow or slow / calls < slow_threshold)
+                        )
+                    ):
+                        return
+                    verdict = breaker._judge_window(failures, slow, calls)
+                    current = breaker._record
+            finally:
+                release()
+            if current is None:
+                breaker._on_outcome(version, 0, 0.0)
+            elif verdict is not None:  # pragma: no branch  (the test above says it opens)
+                breaker._change(current, verdict[0], verdict[1], now if timed else None)
+
+        return on_success
 
     def _crossing(
         self, failures: int, slow: int, calls: int, now: float | None
@@ -812,7 +830,7 @@ class CircuitBreaker(Policy):
         reject_if_open = self._reject_if_open
         on_exception = self._on_exception
         on_outcome = self._on_outcome
-        on_success = self._on_success
+        on_success = self._success_recorder()
         is_failure = self._result_failure
         slow_timer = self._slow_after is not None
         window = self._window
@@ -849,7 +867,7 @@ class CircuitBreaker(Policy):
         reject_if_open = self._reject_if_open
         on_exception = self._on_exception
         on_outcome = self._on_outcome
-        on_success = self._on_success
+        on_success = self._success_recorder()
         is_failure = self._result_failure
         slow_timer = self._slow_after is not None
         window = self._window

@@ -138,7 +138,8 @@ class TimeWindow:
             newest = current
         # int() truncates towards zero: after a negative bucket the next one starts just
         # above it, not one second later.
-        self._edge = newest + 1 if newest >= 0 else newest
+        # A float: comparing a float with an int is the slow way in CPython.
+        self._edge = float(newest + 1 if newest >= 0 else newest)
         self._slot = slot = newest % self._size
         return slot
 
