@@ -55,9 +55,9 @@ class CountWindow:
 
     def record_success(self, now: float) -> None:
         """``record(0, now)`` for the breaker's hot path: a clean outcome, fewer steps."""
-        head = self._head
         calls = self.calls
         if calls == self._size:
+            head = self._head
             outcomes = self._outcomes
             old = outcomes[head]
             if old:
@@ -65,14 +65,17 @@ class CountWindow:
                 self.failures -= old & FAILURE
                 self.slow -= (old & SLOW) >> 1
                 self.all_clear = not self.failures and not self.slow
+            head += 1
+            self._head = 0 if head == calls else head
         else:
-            # While filling, the slots from the head on were never written since the
-            # last reset: they already hold 0.
+            # Filling since the last reset: the head is at `calls`, and the slots from
+            # there on were never written (they hold 0 already).
             self.calls = calls = calls + 1
             if calls == self._size:
+                self._head = 0
                 self.all_clear = not self.failures and not self.slow
-        head += 1
-        self._head = 0 if head == self._size else head
+            else:
+                self._head = calls
 
     def totals(self, now: float) -> WindowTotals:
         """The aggregates over the window."""
