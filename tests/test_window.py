@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -253,3 +255,13 @@ def test_a_success_after_a_negative_second_starts_the_next_bucket_just_above_it(
     window.record_success(-0.5)  # second 0: a new bucket, although less than 1 s later
     assert window.totals(-0.5) == WindowTotals(2, 1, 0)
     assert window.totals(1.0) == WindowTotals(1, 0, 0)
+
+
+def test_a_success_at_a_nan_reading_fails_as_any_other_outcome_does() -> None:
+    window = TimeWindow(2)
+    window.record_success(1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        window.record(OK, math.nan)
+    with pytest.raises(ValueError, match="NaN"):
+        window.record_success(math.nan)
+    assert window.calls == 1

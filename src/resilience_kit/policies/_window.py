@@ -99,8 +99,8 @@ class TimeWindow:
         "_current",
         "_edge",
         "_failures",
+        "_older",
         "_size",
-        "_slot",
         "_slow",
         "calls",
         "failures",
@@ -109,14 +109,17 @@ class TimeWindow:
 
     def __init__(self, seconds: int) -> None:
         self._size = seconds
+        # The calls of each bucket but the newest: the newest one's are `calls - _older`,
+        # written into its slot when the next bucket opens, so that recording a call
+        # bumps one total only.
         self._calls = [0] * seconds
+        self._older = 0
         self._failures = [0] * seconds
         self._slow = [0] * seconds
         self._current: int | None = None
-        # Every reading below the edge lands in the newest bucket, `_slot`: the hot path
-        # of `record_success` compares one float instead of advancing.
+        # Every reading below the edge lands in the newest bucket: the hot path of
+        # `record_success` compares one float instead of advancing.
         self._edge = -math.inf
-        self._slot = 0
         self.calls = 0
         self.failures = 0
         self.slow = 0
@@ -124,45 +127,54 @@ class TimeWindow:
     def _advance(self, now: float) -> int:
         tick = int(now)
         current = self._current
-        if current is None or tick - current >= self._size:
+        size = self._size
+        if current is None or tick - current >= size:
             if self.calls:
                 self.reset()
             self._current = newest = tick
         elif tick > current:
+            calls = self.calls
+            self._calls[current % size] = calls - self._older
+            older = calls
             for stale in range(current + 1, tick + 1):
-                slot = stale % self._size
-                self.calls -= self._calls[slot]
+                slot = stale % size
+                evicted = self._calls[slot]
+                calls -= evicted
+                older -= evicted
                 self.failures -= self._failures[slot]
                 self.slow -= self._slow[slot]
                 self._calls[slot] = self._failures[slot] = self._slow[slot] = 0
+            self.calls = calls
+            self._older = older
             self._current = newest = tick
         else:
             # A reading older than the newest bucket (threads racing) lands in the newest.
             newest = current
         # int() truncates towards zero: after a negative bucket the next one starts just
-        # above it, not one second later.
-        # A float: comparing a float with an int is the slow way in CPython.
+        # above it, not one second later. A float: comparing a float with an int is the
+        # slow way in CPython.
         self._edge = float(newest + 1 if newest >= 0 else newest)
-        self._slot = slot = newest % self._size
-        return slot
+        return newest % size
 
     def record(self, outcome: int, now: float) -> None:
         """Add one outcome at time ``now``, dropping buckets older than the window."""
         slot = self._advance(now)
-        failed = outcome & FAILURE
-        slow = (outcome & SLOW) >> 1
-        self._calls[slot] += 1
-        self._failures[slot] += failed
-        self._slow[slot] += slow
+        if outcome:
+            failed = outcome & FAILURE
+            slow = (outcome & SLOW) >> 1
+            self._failures[slot] += failed
+            self._slow[slot] += slow
+            self.failures += failed
+            self.slow += slow
         self.calls += 1
-        self.failures += failed
-        self.slow += slow
 
     def record_success(self, now: float) -> None:
-        """``record(0, now)`` for the breaker's hot path: one bucket and one total to bump."""
-        slot = self._slot if now < self._edge else self._advance(now)
-        self._calls[slot] += 1
-        self.calls += 1
+        """``record(0, now)`` for the breaker's hot path: one total to bump."""
+        if now < self._edge:  # not `>=`: a NaN reading must fail in _advance, as in record
+            self.calls += 1
+        else:
+            self._advance(now)
+            self.calls += 1
 
     def totals(self, now: float) -> WindowTotals:
         """The aggregates over the last ``seconds`` seconds before ``now``."""
@@ -172,6 +184,7 @@ class TimeWindow:
     def reset(self) -> None:
         """Forget every outcome."""
         self._calls = [0] * self._size
+        self._older = 0
         self._failures = [0] * self._size
         self._slow = [0] * self._size
         self._current = None
