@@ -600,10 +600,11 @@ class CircuitBreaker(Policy):
     def _success_recorder(self) -> Callable[[int], None]:
         """`_on_outcome` for a clean outcome without a slow-call timer: the usual case.
 
-        The drivers call the function returned for every success the clean-window
-        shortcut does not cover. It records in a CLOSED breaker in fewer steps than the
-        general case (what it reads is bound once: none of it is ever replaced); any
-        other state goes the general way.
+        The drivers call the function returned for every clean outcome (no failure, no
+        result the ``record_result`` predicate flags) of a breaker without a slow-call
+        timer that the clean-window shortcut does not cover. It records in a CLOSED
+        breaker in fewer steps than the general case (what it reads is bound once: none
+        of it is ever replaced); any other state goes the general way.
         """
         breaker = self
         lock = self._lock
@@ -856,7 +857,10 @@ class CircuitBreaker(Policy):
                 on_success(version)
                 return result
             failed = is_failure is not None and is_failure(result)
-            on_outcome(version, FAILURE if failed else 0, started)
+            if failed or slow_timer:
+                on_outcome(version, FAILURE if failed else 0, started)
+            else:
+                on_success(version)
             return result
 
         return guarded
@@ -893,7 +897,10 @@ class CircuitBreaker(Policy):
                 on_success(version)
                 return result
             failed = is_failure is not None and is_failure(result)
-            on_outcome(version, FAILURE if failed else 0, started)
+            if failed or slow_timer:
+                on_outcome(version, FAILURE if failed else 0, started)
+            else:
+                on_success(version)
             return result
 
         return guarded
