@@ -300,6 +300,15 @@ def targets(results: Results, growth: list[dict[str, Any]]) -> list[dict[str, An
         "circuitbreaker",
         1.0,
     )
+    # Issue 10: in the window states where every success is recorded, too.
+    for label, _, _ in cases.WINDOW_STATES:
+        compare(
+            f"CircuitBreaker closed path ({label.removeprefix('ours: CircuitBreaker, ')}) "
+            "no dearer than circuitbreaker",
+            label,
+            "circuitbreaker",
+            1.0,
+        )
     parts, met = [], True
     for mode in ("sync", "async"):
         a = results.ns(mode, REJECTED, "ours: CircuitBreaker")

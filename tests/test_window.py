@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -177,3 +179,89 @@ def test_time_window_matches_a_list_of_timed_outcomes(
         live = [o for t, o in model if int(now) - int(t) < size]
         assert window.totals(now) == totals_of(live)
         assert window.calls == len(live)
+
+
+# -- record_success: the breaker's hot path -------------------------------------------------
+
+# Times jump forwards and backwards, through negative seconds (int() truncates towards zero
+# there) and across whole seconds exactly.
+moments = st.sampled_from([-3.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 0.99, 1.0, 1.5, 2.0, 4.0, 9.5])
+hot_path_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("success"), moments),
+        st.tuples(st.just("record"), moments, outcomes),
+        st.tuples(st.just("totals"), moments),
+        st.tuples(st.just("reset")),
+    ),
+    max_size=60,
+)
+
+
+def _state_of(window: CountWindow | TimeWindow) -> tuple[int, int, int, bool]:
+    return (window.calls, window.failures, window.slow, window.all_clear)
+
+
+def _replay(
+    plain: CountWindow | TimeWindow,
+    fast: CountWindow | TimeWindow,
+    steps: list[tuple[object, ...]],
+) -> None:
+    """Drive both windows alike, ``fast`` recording successes by `record_success`."""
+    for step in steps:
+        if step[0] == "success":
+            now = float(step[1])  # type: ignore[arg-type]
+            plain.record(OK, now)
+            fast.record_success(now)
+        elif step[0] == "record":
+            now, outcome = float(step[1]), int(step[2])  # type: ignore[arg-type,call-overload]
+            plain.record(outcome, now)
+            fast.record(outcome, now)
+        elif step[0] == "totals":
+            now = float(step[1])  # type: ignore[arg-type]
+            assert fast.totals(now) == plain.totals(now)
+        else:
+            plain.reset()
+            fast.reset()
+        assert _state_of(fast) == _state_of(plain)
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(1, 6), steps=hot_path_steps)
+def test_a_count_window_records_a_success_as_record_does(
+    size: int, steps: list[tuple[object, ...]]
+) -> None:
+    _replay(CountWindow(size), CountWindow(size), steps)
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(1, 6), steps=hot_path_steps)
+def test_a_time_window_records_a_success_as_record_does(
+    size: int, steps: list[tuple[object, ...]]
+) -> None:
+    _replay(TimeWindow(size), TimeWindow(size), steps)
+
+
+def test_a_success_read_from_the_past_lands_in_the_newest_bucket() -> None:
+    window = TimeWindow(3)
+    window.record(OK, 20.0)
+    window.record_success(19.0)  # a thread that read the clock a bit earlier
+    assert window.totals(22.9) == WindowTotals(2, 0, 0)
+    assert window.totals(23.0) == WindowTotals(0, 0, 0)
+
+
+def test_a_success_after_a_negative_second_starts_the_next_bucket_just_above_it() -> None:
+    window = TimeWindow(2)
+    window.record(FAILURE, -1.5)  # the bucket of second -1 (int() truncates towards zero)
+    window.record_success(-0.5)  # second 0: a new bucket, although less than 1 s later
+    assert window.totals(-0.5) == WindowTotals(2, 1, 0)
+    assert window.totals(1.0) == WindowTotals(1, 0, 0)
+
+
+def test_a_success_at_a_nan_reading_fails_as_any_other_outcome_does() -> None:
+    window = TimeWindow(2)
+    window.record_success(1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        window.record(OK, math.nan)
+    with pytest.raises(ValueError, match="NaN"):
+        window.record_success(math.nan)
+    assert window.calls == 1

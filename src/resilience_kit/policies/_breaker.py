@@ -41,6 +41,9 @@ _NAMES = {state: state.value for state in CircuitState}  # enum's .value is a sl
 _OTHER_INSTANCE = "changed by another instance"
 # How often one call retries a transition it lost to another writer before giving up.
 _MAX_RACES = 4
+# Read on every call of a time-window breaker: bound once (neither is ever replaced).
+_CONFIG = _config.state
+_system_monotonic = SYSTEM_CLOCK.monotonic
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,7 +564,9 @@ class CircuitBreaker(Policy):
         if slow_after is not None and now is not None and now - started >= slow_after:
             outcome |= SLOW
         event = None
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not `with`: see _success_recorder
+        try:
             if version != self._version:
                 return  # admitted under an earlier state: its outcome is stale
             if self._state is HALF_OPEN:
@@ -584,11 +589,71 @@ class CircuitBreaker(Policy):
             if verdict is None and event is None:
                 return
             current = self._record
+        finally:
+            lock.release()
         if verdict is None:
             if event is not None:
                 self._announce(event, listeners)
             return
         self._change(current, verdict[0], verdict[1], now)
+
+    def _success_recorder(self) -> Callable[[int], None]:
+        """`_on_outcome` for a clean outcome without a slow-call timer: the usual case.
+
+        The drivers call the function returned for every clean outcome (no failure, no
+        result the ``record_result`` predicate flags) of a breaker without a slow-call
+        timer that the clean-window shortcut does not cover. It records in a CLOSED
+        breaker in fewer steps than the general case (what it reads is bound once: none
+        of it is ever replaced); any other state goes the general way.
+        """
+        breaker = self
+        lock = self._lock
+        acquire, release = lock.acquire, lock.release
+        record_success = self._window.record_success
+        window = self._window
+        clock = self._clock
+        timed = self._timed
+        minimum = self._min_calls
+        threshold, slow_threshold = self._threshold, self._slow_threshold
+
+        def on_success(version: int) -> None:
+            # resolve_clock inlined: every call of a time-window breaker reads the clock.
+            if timed:
+                installed = clock or _CONFIG.clock
+                now = _system_monotonic() if installed is None else installed.monotonic()
+            else:
+                now = 0.0
+            # acquire/release rather than `with`: half the cost, on every recorded call.
+            acquire()
+            try:
+                if version != breaker._version:
+                    return  # admitted under an earlier state: its outcome is stale
+                if breaker._state is not CLOSED:
+                    current = None
+                else:
+                    record_success(now)
+                    failures, slow, calls = window.failures, window.slow, window.calls
+                    # A clean window cannot open the breaker (thresholds are > 0); nor
+                    # can one under both thresholds (_judge_window's test, inlined).
+                    if (
+                        not (failures or slow)
+                        or calls < minimum
+                        or (
+                            failures / calls < threshold
+                            and (not slow or slow / calls < slow_threshold)
+                        )
+                    ):
+                        return
+                    verdict = breaker._judge_window(failures, slow, calls)
+                    current = breaker._record
+            finally:
+                release()
+            if current is None:
+                breaker._on_outcome(version, 0, 0.0)
+            elif verdict is not None:  # pragma: no branch  (the test above says it opens)
+                breaker._change(current, verdict[0], verdict[1], now if timed else None)
+
+        return on_success
 
     def _crossing(
         self, failures: int, slow: int, calls: int, now: float | None
@@ -766,6 +831,7 @@ class CircuitBreaker(Policy):
         reject_if_open = self._reject_if_open
         on_exception = self._on_exception
         on_outcome = self._on_outcome
+        on_success = self._success_recorder()
         is_failure = self._result_failure
         slow_timer = self._slow_after is not None
         window = self._window
@@ -785,15 +851,16 @@ class CircuitBreaker(Policy):
             except BaseException as exc:
                 on_exception(version, exc, started)
                 raise
-            if (
-                skippable
-                and window.all_clear
-                and breaker._state is CLOSED
-                and breaker._version == version
-            ):
-                return result  # one more success in a clean full window changes nothing
+            if skippable:
+                if window.all_clear and breaker._state is CLOSED and breaker._version == version:
+                    return result  # one more success in a clean full window changes nothing
+                on_success(version)
+                return result
             failed = is_failure is not None and is_failure(result)
-            on_outcome(version, FAILURE if failed else 0, started)
+            if failed or slow_timer:
+                on_outcome(version, FAILURE if failed else 0, started)
+            else:
+                on_success(version)
             return result
 
         return guarded
@@ -804,6 +871,7 @@ class CircuitBreaker(Policy):
         reject_if_open = self._reject_if_open
         on_exception = self._on_exception
         on_outcome = self._on_outcome
+        on_success = self._success_recorder()
         is_failure = self._result_failure
         slow_timer = self._slow_after is not None
         window = self._window
@@ -823,15 +891,16 @@ class CircuitBreaker(Policy):
             except BaseException as exc:
                 on_exception(version, exc, started)
                 raise
-            if (
-                skippable
-                and window.all_clear
-                and breaker._state is CLOSED
-                and breaker._version == version
-            ):
-                return result  # one more success in a clean full window changes nothing
+            if skippable:
+                if window.all_clear and breaker._state is CLOSED and breaker._version == version:
+                    return result  # one more success in a clean full window changes nothing
+                on_success(version)
+                return result
             failed = is_failure is not None and is_failure(result)
-            on_outcome(version, FAILURE if failed else 0, started)
+            if failed or slow_timer:
+                on_outcome(version, FAILURE if failed else 0, started)
+            else:
+                on_success(version)
             return result
 
         return guarded
