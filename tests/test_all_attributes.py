@@ -159,8 +159,8 @@ def test_in_memory_default_stores_live_beside_memory_store() -> None:
     memory = importlib.import_module("resilience_kit.stores.memory")
     policies = importlib.import_module("resilience_kit.policies")
     caching = importlib.import_module("resilience_kit.caching")
-    assert memory.InMemoryBreakerStore is policies.InMemoryBreakerStore
-    assert memory.InMemoryCacheStore is caching.InMemoryCacheStore
+    assert memory.MemoryBreakerStore is policies.MemoryBreakerStore
+    assert memory.MemoryCacheStore is caching.MemoryCacheStore
 
 
 def test_top_level_reexports_say_resilience_kit() -> None:

@@ -24,7 +24,7 @@ from resilience_kit import (
     CircuitState,
     ConfigurationError,
 )
-from resilience_kit.stores.memory import InMemoryBreakerStore
+from resilience_kit.stores.memory import MemoryBreakerStore
 from resilience_kit.testing import VirtualClock, use_clock
 from resilience_kit.typing import (
     BreakerMetrics,
@@ -1123,7 +1123,7 @@ def test_default_clock_comes_from_use_clock() -> None:
 
 
 def test_breakers_sharing_a_store_and_a_name_act_as_one(clock: VirtualClock) -> None:
-    store = InMemoryBreakerStore()
+    store = MemoryBreakerStore()
     seen_a, seen_b = Recorder(), Recorder()
     a = breaker_on(clock, name="inventory", store=store, half_open_calls=1, listeners=[seen_a])
     b = breaker_on(clock, name="inventory", store=store, half_open_calls=1, listeners=[seen_b])
@@ -1153,7 +1153,7 @@ def test_breakers_sharing_a_store_and_a_name_act_as_one(clock: VirtualClock) -> 
 
 
 def test_operator_commands_reach_every_instance(clock: VirtualClock) -> None:
-    store = InMemoryBreakerStore()
+    store = MemoryBreakerStore()
     a = breaker_on(clock, name="x", store=store)
     b = breaker_on(clock, name="x", store=store)
     a.force_open()
@@ -1166,7 +1166,7 @@ def test_operator_commands_reach_every_instance(clock: VirtualClock) -> None:
 
 
 def test_a_new_instance_starts_from_the_stored_state(clock: VirtualClock) -> None:
-    store = InMemoryBreakerStore()
+    store = MemoryBreakerStore()
     breaker_on(clock, name="x", store=store).force_open()
     late = breaker_on(clock, name="x", store=store)
     assert late.state is FORCED_OPEN
@@ -1174,7 +1174,7 @@ def test_a_new_instance_starts_from_the_stored_state(clock: VirtualClock) -> Non
 
 
 def test_breakers_on_a_shared_store_are_garbage_collected(clock: VirtualClock) -> None:
-    store = InMemoryBreakerStore()
+    store = MemoryBreakerStore()
     keeper = breaker_on(clock, name="gc", store=store)
     transient = breaker_on(clock, name="gc", store=store)
     ref = weakref.ref(transient)
@@ -1187,7 +1187,7 @@ def test_breakers_on_a_shared_store_are_garbage_collected(clock: VirtualClock) -
 
 
 def test_a_late_notification_for_a_collected_breaker_is_dropped(clock: VirtualClock) -> None:
-    class KeepingStore(InMemoryBreakerStore):
+    class KeepingStore(MemoryBreakerStore):
         """Keeps every callback, as a store delivering notifications late might."""
 
         def __init__(self) -> None:
@@ -1209,7 +1209,7 @@ def test_a_late_notification_for_a_collected_breaker_is_dropped(clock: VirtualCl
     store.callbacks[0](BreakerRecord(OPEN, 7, 0.0, 10.0, 1))  # nothing to notify: no error
 
 
-class EchoingStore(InMemoryBreakerStore):
+class EchoingStore(MemoryBreakerStore):
     """Tells its subscribers of a record as if another instance had written it too."""
 
     def __init__(self) -> None:
@@ -1256,7 +1256,7 @@ def test_the_same_change_from_another_instance_keeps_the_counts(
 def test_a_raising_store_subscriber_does_not_starve_the_others(
     clock: VirtualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = InMemoryBreakerStore()
+    store = MemoryBreakerStore()
 
     def broken(record: BreakerRecord) -> None:
         raise RuntimeError("subscriber bug")
@@ -1274,7 +1274,7 @@ def test_a_raising_store_subscriber_does_not_starve_the_others(
     assert b.state is CLOSED
 
 
-class RacingStore(InMemoryBreakerStore):
+class RacingStore(MemoryBreakerStore):
     """A store where another writer's record lands just before the breaker's next write.
 
     With ``notify=False`` it tells subscribers nothing, like a store whose notifications
@@ -1365,7 +1365,7 @@ def test_losing_to_the_same_transition_keeps_the_reason(clock: VirtualClock) -> 
     assert stored.version == 1  # it did not write a second time
 
 
-class StuckStore(InMemoryBreakerStore):
+class StuckStore(MemoryBreakerStore):
     """A broken store whose compare-and-set stops accepting anything."""
 
     stuck = False

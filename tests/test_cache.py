@@ -25,7 +25,7 @@ from resilience_kit.caching import (
     CacheStats,
     FailClosed,
     FailOpen,
-    InMemoryCacheStore,
+    MemoryCacheStore,
     PolicyCache,
     Served,
     ServeStale,
@@ -83,7 +83,7 @@ def make(source: Source, clock: VirtualClock, **kwargs: Any) -> PolicyCache[Any,
         ({"negative_ttl": math.nan}, "negative_ttl"),
         ({"policy": "fail_open"}, "policy"),
         ({"max_size": 0}, "max_size"),
-        ({"max_size": 10, "store": InMemoryCacheStore()}, "max_size"),
+        ({"max_size": 10, "store": MemoryCacheStore()}, "max_size"),
         ({"store": object()}, "store"),
         ({"clock": object()}, "clock"),
         ({"name": ""}, "name"),
@@ -133,7 +133,7 @@ def test_defaults_and_reprs() -> None:
     cache = PolicyCache(entitlements, ttl=3600)
     assert cache.name == "entitlements"
     assert isinstance(cache.policy, FailClosed)
-    assert isinstance(cache.store, InMemoryCacheStore)
+    assert isinstance(cache.store, MemoryCacheStore)
     assert cache.store.max_size == 10_000
     assert repr(cache) == "PolicyCache('entitlements', ttl=3600.0, policy=FailClosed())"
     assert repr(FailOpen(1)) == "FailOpen(default=1, max_stale=None)"
@@ -945,7 +945,7 @@ async def test_serves_other_than_fresh_are_span_events() -> None:
 # -- stores that fail or wait -------------------------------------------------------------
 
 
-class BrokenStore(InMemoryCacheStore[Any, Any]):
+class BrokenStore(MemoryCacheStore[Any, Any]):
     """A store whose writes raise once ``fail_writes`` is set."""
 
     def __init__(self) -> None:

@@ -24,14 +24,14 @@ from resilience_kit.caching import (
     CacheRecord,
     FailClosed,
     FailOpen,
-    InMemoryCacheStore,
+    MemoryCacheStore,
     PolicyCache,
     ServeStale,
 )
 from resilience_kit.testing import VirtualClock
 
 
-class NearStore(InMemoryCacheStore[Any, Any]):
+class NearStore(MemoryCacheStore[Any, Any]):
     """A remote store with a local mirror: `peek` reads the mirror; the rest suspends.
 
     Every request waits ``latency`` steps on the way there and on the way back (the
@@ -104,11 +104,11 @@ class NearStore(InMemoryCacheStore[Any, Any]):
         await self._wait()
 
 
-STORES = [InMemoryCacheStore, NearStore]
+STORES = [MemoryCacheStore, NearStore]
 
 
 @pytest.fixture(params=STORES, ids=["memory", "near"])
-def store_type(request: pytest.FixtureRequest) -> type[InMemoryCacheStore[Any, Any]]:
+def store_type(request: pytest.FixtureRequest) -> type[MemoryCacheStore[Any, Any]]:
     return request.param  # type: ignore[no-any-return]
 
 
@@ -129,7 +129,7 @@ class Directory:
 
 @pytest.mark.anyio
 async def test_member_removed_while_its_membership_loads(
-    store_type: type[InMemoryCacheStore[Any, Any]],
+    store_type: type[MemoryCacheStore[Any, Any]],
 ) -> None:
     directory = Directory("ann")
     cache = PolicyCache(
@@ -162,7 +162,7 @@ async def test_member_removed_while_its_membership_loads(
 
 @pytest.mark.anyio
 async def test_a_get_after_the_invalidation_does_not_join_the_stale_load(
-    store_type: type[InMemoryCacheStore[Any, Any]],
+    store_type: type[MemoryCacheStore[Any, Any]],
 ) -> None:
     directory = Directory("ann")
     cache = PolicyCache(directory.is_member, ttl=900.0, store=store_type(), clock=VirtualClock())
@@ -364,7 +364,7 @@ def test_no_get_ever_answers_member_from_a_load_before_the_removal(
     latency: list[int] | None,
 ) -> None:
     async def main() -> None:
-        store = InMemoryCacheStore() if latency is None else NearStore(latency)
+        store = MemoryCacheStore() if latency is None else NearStore(latency)
         await play(script, policy, background, store)
 
     anyio.run(main, backend=backend)
@@ -389,7 +389,7 @@ async def test_the_property_checker_catches_a_stale_answer() -> None:
 
 @pytest.mark.anyio
 async def test_a_waiter_woken_by_a_finished_load_rechecks_after_an_invalidation(
-    store_type: type[InMemoryCacheStore[Any, Any]],
+    store_type: type[MemoryCacheStore[Any, Any]],
 ) -> None:
     # The load finishes and stores, and then - before a caller waiting on it resumes -
     # the member is removed: that caller must not return the value the event removed.
@@ -419,7 +419,7 @@ async def test_a_waiter_woken_by_a_finished_load_rechecks_after_an_invalidation(
     assert len(world.loads) == 2
 
 
-class ScriptedStore(InMemoryCacheStore[Any, Any]):
+class ScriptedStore(MemoryCacheStore[Any, Any]):
     """A remote store whose invalidations and read replies wait for the test's say-so."""
 
     def __init__(self) -> None:

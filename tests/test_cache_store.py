@@ -1,4 +1,4 @@
-"""InMemoryCacheStore's own behaviour: its LRU bound and its bookkeeping.
+"""MemoryCacheStore's own behaviour: its LRU bound and its bookkeeping.
 
 The CacheStore contract every store meets is tests/contract/test_cache_store_contract.py.
 """
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from resilience_kit import ConfigurationError
-from resilience_kit.caching import CacheRecord, InMemoryCacheStore
+from resilience_kit.caching import CacheRecord, MemoryCacheStore
 
 
 def record(value: object, expires_at: float = 60.0, retain: float | None = None) -> CacheRecord:
@@ -26,23 +26,23 @@ async def read(store: Any, key: str, now: float = 0.0) -> CacheRecord | None:
     return await store.fetch(key, now)
 
 
-# -- InMemoryCacheStore: the LRU bound and its bookkeeping ----------------------------
+# -- MemoryCacheStore: the LRU bound and its bookkeeping ----------------------------
 
 
 def test_in_memory_repr() -> None:
-    assert repr(InMemoryCacheStore(max_size=3)) == "InMemoryCacheStore(size=0, max_size=3)"
+    assert repr(MemoryCacheStore(max_size=3)) == "MemoryCacheStore(size=0, max_size=3)"
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
 def test_max_size_is_validated(bad: object) -> None:
     with pytest.raises(ConfigurationError) as info:
-        InMemoryCacheStore(max_size=bad)  # type: ignore[arg-type]
+        MemoryCacheStore(max_size=bad)  # type: ignore[arg-type]
     assert info.value.parameter == "max_size"
 
 
 @pytest.mark.anyio
 async def test_least_recently_used_record_is_evicted() -> None:
-    store: InMemoryCacheStore[str, str] = InMemoryCacheStore(max_size=2)
+    store: MemoryCacheStore[str, str] = MemoryCacheStore(max_size=2)
     await fill(store, "a", "A")
     await fill(store, "b", "B")
     assert store.peek("a") is not None  # a is now the most recently used
@@ -60,7 +60,7 @@ async def test_least_recently_used_record_is_evicted() -> None:
 
 @pytest.mark.anyio
 async def test_overwriting_a_key_does_not_evict() -> None:
-    store: InMemoryCacheStore[str, str] = InMemoryCacheStore(max_size=2)
+    store: MemoryCacheStore[str, str] = MemoryCacheStore(max_size=2)
     await fill(store, "a", "A")
     await fill(store, "b", "B")
     await fill(store, "a", "A2")
@@ -70,7 +70,7 @@ async def test_overwriting_a_key_does_not_evict() -> None:
 
 @pytest.mark.anyio
 async def test_in_memory_epoch_bookkeeping_is_released() -> None:
-    store: InMemoryCacheStore[str, str] = InMemoryCacheStore()
+    store: MemoryCacheStore[str, str] = MemoryCacheStore()
     old = await store.begin_load("a")
     await store.invalidate("a")
     new = await store.begin_load("a")

@@ -159,14 +159,14 @@ def test_a_messaging_name_loads_messaging_on_first_use() -> None:
     [
         ("resilience_kit", "RetryPolicy", "resilience_kit"),
         ("resilience_kit.policies", "RetryPolicy", "resilience_kit"),
-        ("resilience_kit.policies", "InMemoryBreakerStore", "resilience_kit.policies"),
+        ("resilience_kit.policies", "MemoryBreakerStore", "resilience_kit.policies"),
         ("resilience_kit.typing", "RetryEvent", "resilience_kit.policies"),
         ("resilience_kit.messaging", "Outbox", "resilience_kit"),
         ("resilience_kit.caching", "PolicyCache", "resilience_kit"),
         ("resilience_kit.security", "VersionedTokenVerifier", "resilience_kit"),
         ("resilience_kit.typing", "StateTransition", "resilience_kit.policies"),
         ("resilience_kit.typing", "OutboxStore", "resilience_kit.messaging"),
-        ("resilience_kit.stores.memory", "InMemoryCacheStore", "resilience_kit.caching"),
+        ("resilience_kit.stores.memory", "MemoryCacheStore", "resilience_kit.caching"),
     ],
 )
 def test_a_class_presents_the_same_name_whichever_way_it_was_imported_first(

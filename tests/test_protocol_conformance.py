@@ -29,11 +29,11 @@ from resilience_kit.security import KeySource
 
 IMPLEMENTATIONS: dict[type, list[str]] = {
     BreakerStore: [
-        "resilience_kit.stores.memory:InMemoryBreakerStore",
+        "resilience_kit.stores.memory:MemoryBreakerStore",
         "resilience_kit.stores.redis:RedisBreakerStore",
     ],
     CacheStore: [
-        "resilience_kit.caching:InMemoryCacheStore",
+        "resilience_kit.caching:MemoryCacheStore",
         "resilience_kit.stores.redis:RedisCacheStore",
     ],
     OutboxStore: [

@@ -2,7 +2,7 @@
 
 A shared breaker must behave like the in-memory breaker it replaces: for one instance,
 exactly like a lone `CircuitBreaker`; for several, exactly like breakers sharing an
-`InMemoryBreakerStore` in one process (the state is shared, each instance keeps its own
+`MemoryBreakerStore` in one process (the state is shared, each instance keeps its own
 window and probe count). Hypothesis generates calls, time and operator commands; every
 step goes to a real process (and, through Redis, to the others) and to the reference,
 and then everything observable must agree. Between two steps each instance re-reads
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilience_kit.stores.memory import InMemoryBreakerStore
+from resilience_kit.stores.memory import MemoryBreakerStore
 from resilience_kit.testing import VirtualClock
 from tests.breaker_fleet import Instance, make_breaker, run_call, snapshot
 
@@ -85,7 +85,7 @@ def test_redis_shared_breakers_in_separate_processes_match_in_memory_ones(
         synced, _ = instance.send(op="new", url=redis_url, prefix=prefix, name=name, config=config)
         assert synced
     clock = VirtualClock(start=100.0)
-    store = InMemoryBreakerStore()
+    store = MemoryBreakerStore()
     reference = [make_breaker(name, config, clock, store=store) for _ in fleet]
 
     for step in steps:

@@ -25,7 +25,7 @@ from resilience_kit.caching import (
     CacheStore,
     FailClosed,
     FailOpen,
-    InMemoryCacheStore,
+    MemoryCacheStore,
     PolicyCache,
     Served,
     ServeStale,
@@ -580,7 +580,7 @@ async def test_two_redis_instances_act_like_one_in_memory_store(
     prefix = f"test:{uuid.uuid4().hex}:"
     clock = VirtualClock()  # the system clock's wall offset drifts by a few µs per read
     pair = [RedisCacheStore[str, int](url=redis_url, prefix=prefix, clock=clock) for _ in "ab"]
-    model: InMemoryCacheStore[str, int] = InMemoryCacheStore()
+    model: MemoryCacheStore[str, int] = MemoryCacheStore()
     loads: list[tuple[str, int, int]] = []  # key, Redis epoch, model epoch
     for step, (op, which, arg) in enumerate(ops):
         store = pair[which]

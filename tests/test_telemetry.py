@@ -25,7 +25,7 @@ from resilience_kit import (
     TimeoutExceededError,
     telemetry,
 )
-from resilience_kit.stores.memory import InMemoryBreakerStore
+from resilience_kit.stores.memory import MemoryBreakerStore
 from resilience_kit.testing import ChaosFault, ChaosLatency, ChaosResult, VirtualClock
 
 Points = dict[str, list[tuple[dict[str, object], int]]]
@@ -165,7 +165,7 @@ def test_breaker_transition_and_rejection_are_counted(metrics: Metrics) -> None:
 
 
 def test_a_change_of_a_shared_breaker_is_counted_once(metrics: Metrics) -> None:
-    store = InMemoryBreakerStore()
+    store = MemoryBreakerStore()
     clock = VirtualClock()
     fleet = [
         CircuitBreaker("billing", window=2, minimum_calls=2, store=store, clock=clock)

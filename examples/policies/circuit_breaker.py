@@ -10,7 +10,7 @@ from __future__ import annotations
 import anyio
 
 from resilience_kit import Backoff, CircuitBreaker, CircuitOpenError, Pipeline
-from resilience_kit.stores.memory import InMemoryBreakerStore
+from resilience_kit.stores.memory import MemoryBreakerStore
 from resilience_kit.testing import ChaosFault, ChaosLatency, VirtualClock
 from resilience_kit.typing import StateTransition
 
@@ -101,7 +101,7 @@ def slow_calls() -> None:
 
 def operator_controls() -> None:
     print("== operator controls and a shared store")
-    store = InMemoryBreakerStore()
+    store = MemoryBreakerStore()
     worker_a = CircuitBreaker("partner-api", store=store, clock=clock)
     worker_b = CircuitBreaker("partner-api", store=store, clock=clock)
     worker_a.force_open()

@@ -17,9 +17,9 @@ it (`resilience_kit.policies`, `.messaging`, `.caching`, `.security`, `.clock`),
   the `Jitter` alias.
 
 Examples:
-    >>> from resilience_kit.stores.memory import InMemoryBreakerStore
+    >>> from resilience_kit.stores.memory import MemoryBreakerStore
     >>> from resilience_kit.typing import BreakerStore
-    >>> isinstance(InMemoryBreakerStore(), BreakerStore)
+    >>> isinstance(MemoryBreakerStore(), BreakerStore)
     True
 """
 

@@ -173,9 +173,9 @@ class SharedStores:
 
 
 def _memory_breakers() -> Iterator[SharedStores]:
-    from resilience_kit.stores.memory import InMemoryBreakerStore  # noqa: PLC0415
+    from resilience_kit.stores.memory import MemoryBreakerStore  # noqa: PLC0415
 
-    store = InMemoryBreakerStore()
+    store = MemoryBreakerStore()
     yield SharedStores("memory", store, store, lambda: store, lambda _: True, VirtualClock())
 
 
@@ -206,9 +206,9 @@ def _redis_breakers(url: str) -> Iterator[SharedStores]:
 
 
 def _memory_caches() -> Iterator[SharedStores]:
-    from resilience_kit.caching import InMemoryCacheStore  # noqa: PLC0415
+    from resilience_kit.caching import MemoryCacheStore  # noqa: PLC0415
 
-    store: Any = InMemoryCacheStore()
+    store: Any = MemoryCacheStore()
     yield SharedStores("memory", store, store, lambda: store, lambda _: True, VirtualClock())
 
 

@@ -8,7 +8,7 @@ from resilience_kit.caching import (
     CacheStats,
     FailClosed,
     FailOpen,
-    InMemoryCacheStore,
+    MemoryCacheStore,
     PolicyCache,
     ServeStale,
 )
@@ -26,7 +26,7 @@ assert_type(
 )
 assert_type(
     PolicyCache(
-        entitlements, ttl=60.0, policy=ServeStale(stale_if_error=5.0), store=InMemoryCacheStore(10)
+        entitlements, ttl=60.0, policy=ServeStale(stale_if_error=5.0), store=MemoryCacheStore(10)
     ),
     PolicyCache[str, dict[str, int]],
 )

@@ -20,7 +20,7 @@ from resilience_kit.caching._policies import Served as Served
 from resilience_kit.caching._policies import ServeStale as ServeStale
 from resilience_kit.caching._store import CacheRecord as CacheRecord
 from resilience_kit.caching._store import CacheStore as CacheStore
-from resilience_kit.caching._store import InMemoryCacheStore as InMemoryCacheStore
+from resilience_kit.caching._store import MemoryCacheStore as MemoryCacheStore
 
 __all__ = (
     "CacheLoadError",
@@ -32,7 +32,7 @@ __all__ = (
     "FailClosed",
     "FailOpen",
     "FallbackEvent",
-    "InMemoryCacheStore",
+    "MemoryCacheStore",
     "PolicyCache",
     "ServeStale",
     "Served",

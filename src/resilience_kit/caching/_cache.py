@@ -26,7 +26,7 @@ from resilience_kit.caching._policies import (
     Served,
     _Serve,
 )
-from resilience_kit.caching._store import CacheRecord, CacheStore, InMemoryCacheStore
+from resilience_kit.caching._store import CacheRecord, CacheStore, MemoryCacheStore
 from resilience_kit.clock import Clock, resolve_clock
 from resilience_kit.errors import ConfigurationError
 
@@ -195,7 +195,7 @@ class PolicyCache(Generic[K, V]):
         negative_ttl: seconds to cache a negative result; ``None``: never cache one.
         is_negative: tells a negative result (default: ``value is None``).
         on: the loader exceptions the policy handles (default: any `Exception`).
-        store: where records live (default: an `InMemoryCacheStore`).
+        store: where records live (default: an `MemoryCacheStore`).
         clock: the clock (the virtual clock in tests).
         name: the name in errors, logs and metrics (default: the loader's ``__name__``,
             or its type's name).
@@ -278,7 +278,7 @@ class PolicyCache(Generic[K, V]):
         if is_negative is not None and not callable(is_negative):
             raise ConfigurationError("is_negative", f"must be callable, got {is_negative!r}")
         if store is None:
-            store = InMemoryCacheStore(10_000 if max_size is None else max_size)
+            store = MemoryCacheStore(10_000 if max_size is None else max_size)
         elif max_size is not None:
             raise ConfigurationError("max_size", "give max_size to the store you pass instead")
         elif not isinstance(store, CacheStore):

@@ -10,7 +10,7 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 from resilience_kit._checks import check_int
 from resilience_kit._integrity import RecordReader
 
-__all__ = ("CacheRecord", "CacheStore", "InMemoryCacheStore", "read_cache_record")
+__all__ = ("CacheRecord", "CacheStore", "MemoryCacheStore", "read_cache_record")
 
 K = TypeVar("K", bound=Hashable)
 K_contra = TypeVar("K_contra", bound=Hashable, contravariant=True)
@@ -116,7 +116,7 @@ class CacheStore(Protocol[K_contra, V]):
       their waiting with timeouts of its own.
 
     Examples:
-        >>> isinstance(InMemoryCacheStore(), CacheStore)
+        >>> isinstance(MemoryCacheStore(), CacheStore)
         True
     """
 
@@ -153,7 +153,7 @@ class CacheStore(Protocol[K_contra, V]):
         ...
 
 
-class InMemoryCacheStore(Generic[K, V]):
+class MemoryCacheStore(Generic[K, V]):
     """A `CacheStore` in this process's memory, bounded by a least-recently-used policy.
 
     When a new record would exceed ``max_size``, the record used least recently (read or
@@ -168,7 +168,7 @@ class InMemoryCacheStore(Generic[K, V]):
 
     Examples:
         >>> import anyio
-        >>> store = InMemoryCacheStore(max_size=1)
+        >>> store = MemoryCacheStore(max_size=1)
         >>> async def main() -> None:
         ...     for key in ("a", "b"):
         ...         epoch = await store.begin_load(key)
@@ -201,7 +201,7 @@ class InMemoryCacheStore(Generic[K, V]):
         self._invalidated_at: dict[K, int] = {}
 
     def __repr__(self) -> str:
-        return f"InMemoryCacheStore(size={len(self._records)}, max_size={self.max_size})"
+        return f"MemoryCacheStore(size={len(self._records)}, max_size={self.max_size})"
 
     def __len__(self) -> int:
         return len(self._records)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from resilience_kit.policies._breaker_store import BreakerStore as BreakerStore
     from resilience_kit.policies._breaker_store import CircuitState as CircuitState
     from resilience_kit.policies._breaker_store import (
-        InMemoryBreakerStore as InMemoryBreakerStore,
+        MemoryBreakerStore as MemoryBreakerStore,
     )
     from resilience_kit.policies._budget import RetryBudget as RetryBudget
     from resilience_kit.policies._bulkhead import Bulkhead as Bulkhead
@@ -42,8 +42,8 @@ __all__ = (
     "CircuitBreaker",
     "CircuitState",
     "Fallback",
-    "InMemoryBreakerStore",
     "Jitter",
+    "MemoryBreakerStore",
     "Pipeline",
     "Policy",
     "RetryBudget",
@@ -72,7 +72,7 @@ if not TYPE_CHECKING:  # mypy and editors see the imports above, not a catch-all
         "CircuitBreaker": "_breaker",
         "CircuitState": "_breaker_store",
         "Fallback": "_fallback",
-        "InMemoryBreakerStore": "_breaker_store",
+        "MemoryBreakerStore": "_breaker_store",
         "Jitter": "_backoff",
         "Pipeline": "_pipeline",
         "Policy": "_base",

@@ -25,7 +25,7 @@ from resilience_kit.policies._breaker_store import (
     BreakerRecord,
     BreakerStore,
     CircuitState,
-    InMemoryBreakerStore,
+    MemoryBreakerStore,
 )
 from resilience_kit.policies._window import FAILURE, SLOW, CountWindow, TimeWindow
 
@@ -323,7 +323,7 @@ class CircuitBreaker(Policy):
         self._probes_admitted = self._probes_done = 0
         self._probe_failures = self._probe_slow = 0
 
-        self._store: BreakerStore = store if store is not None else InMemoryBreakerStore()
+        self._store: BreakerStore = store if store is not None else MemoryBreakerStore()
         record = self._store.load(name)
         if record is None:
             record = self._store.compare_and_set(name, 0, BreakerRecord(CLOSED))

@@ -180,12 +180,12 @@ class Subscribers:
                 _telemetry.logger.exception("breaker store: a subscriber of %r failed", name)
 
 
-class InMemoryBreakerStore:
+class MemoryBreakerStore:
     """A `BreakerStore` in this process: breakers sharing it and a name act as one.
 
     Examples:
         >>> from resilience_kit import CircuitBreaker
-        >>> store = InMemoryBreakerStore()
+        >>> store = MemoryBreakerStore()
         >>> a = CircuitBreaker("billing", store=store)
         >>> b = CircuitBreaker("billing", store=store)
         >>> a.force_open()

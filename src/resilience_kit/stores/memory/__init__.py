@@ -3,7 +3,7 @@
 For tests, examples and single-process tools. Nothing survives the process; use
 `resilience_kit.stores.sqlite.SQLiteStore` (the embedded default) or PostgreSQL to keep
 messages across restarts. The in-memory stores that breakers and caches use by default,
-`InMemoryBreakerStore` and `InMemoryCacheStore`, are here too.
+`MemoryBreakerStore` and `MemoryCacheStore`, are here too.
 
 Examples:
     >>> from resilience_kit.messaging import Event, Outbox
@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from resilience_kit.caching import InMemoryCacheStore as InMemoryCacheStore
+from resilience_kit.caching import MemoryCacheStore as MemoryCacheStore
 from resilience_kit.clock import Clock, resolve_clock
-from resilience_kit.policies import InMemoryBreakerStore as InMemoryBreakerStore
+from resilience_kit.policies import MemoryBreakerStore as MemoryBreakerStore
 from resilience_kit.stores.memory._dead_letters import MemoryDeadLetterStore
 from resilience_kit.stores.memory._idempotency import MemoryIdempotencyStore
 from resilience_kit.stores.memory._inbox import MemoryInboxStore
@@ -30,8 +30,8 @@ from resilience_kit.stores.memory._projection import MemoryProjectionStore as Me
 from resilience_kit.stores.memory._transaction import MemoryTransaction
 
 __all__ = (
-    "InMemoryBreakerStore",
-    "InMemoryCacheStore",
+    "MemoryBreakerStore",
+    "MemoryCacheStore",
     "MemoryIdempotencyStore",
     "MemoryProjectionStore",
     "MemoryStore",

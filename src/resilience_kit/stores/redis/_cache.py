@@ -141,7 +141,7 @@ class RedisCacheStore(Generic[K, V]):
     Give each cache its own ``prefix`` and pass the store to the `PolicyCache` of every
     instance (every pod): a value loaded by one instance is served by all, and
     ``invalidate(key)`` or ``invalidate_all()`` on any instance is seen by all from the
-    moment it returns. Atomic Lua scripts do what `InMemoryCacheStore` does in memory:
+    moment it returns. Atomic Lua scripts do what `MemoryCacheStore` does in memory:
     an invalidation deletes the record, moves the epoch on and leaves a tombstone, and
     a load (which takes its epoch before calling the loader) stores its result only if
     no invalidation of its key, or of everything, happened since — on any instance.
