@@ -362,7 +362,7 @@ class _Binder:
                     return self._slow(args, kwargs)
                 for name in rest:
                     arguments[name] = kwargs[name]
-            return inspect.BoundArguments(self._signature, arguments)  # type: ignore[arg-type]
+            return inspect.BoundArguments(self._signature, arguments)
         return self._slow(args, kwargs)
 
     def _slow(self, args: tuple[object, ...], kwargs: dict[str, object]) -> inspect.BoundArguments:
