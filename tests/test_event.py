@@ -693,3 +693,63 @@ def test_damaged_events_decode_or_raise_the_typed_error(event: Event, data: st.D
 )
 def test_documents_with_random_field_values_decode_or_raise(document: dict[str, Any]) -> None:
     check_decodes_or_refuses(json.dumps(document))
+
+
+def decoded_or_refused(data: bytes) -> object:
+    try:
+        event = Event.from_json(data)
+    except InvalidEventError as exc:
+        return type(exc), exc.problems
+    return event, event.model_dump()
+
+
+# Payload texts that reach every rule the full walk checks: surrogates escaped and raw,
+# NaN and infinities, overflowing exponents, 1024-bit ints and longer, deep nesting.
+risky_payloads = st.recursive(
+    st.sampled_from(
+        [
+            "NaN",
+            "-Infinity",
+            "1e400",
+            "1E+308",
+            "2.5e-999",
+            "1e30",
+            '"\\ud800"',
+            '"\\uDFFF"',
+            '"\\u00e9"',
+            '"9e123-x"',
+            str(2**1024),
+            str(2**1024 - 1),
+            "0.1",
+            "true",
+            "null",
+        ]
+    ),
+    lambda children: (
+        st.lists(children, max_size=3).map(lambda items: f"[{','.join(items)}]")
+        | st.lists(children, max_size=3).map(
+            lambda items: "{" + ",".join(f'"k{n}":{item}' for n, item in enumerate(items)) + "}"
+        )
+    ),
+    max_leaves=70,
+)
+
+
+@PROPERTY
+@given(events, risky_payloads, st.integers(0, 70), st.data())
+def test_decoding_without_the_payload_walk_decides_as_the_walk_does(
+    event: Event, payload: str, depth: int, data: st.DataObject
+) -> None:
+    wrapped = "[" * depth + payload + "]" * depth
+    document = data.draw(st.sampled_from([f'{{"p":{wrapped}}}', wrapped]))
+    encoded = event.to_json()
+    start = encoded.index(b'"payload":') + len(b'"payload":')
+    end = encoded.index(b',"headers":')
+    text = encoded[:start] + document.encode("utf-8", "surrogatepass") + encoded[end:]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_event, "_SCAN_FROM", 0)  # the scan for texts of any size
+        fast = decoded_or_refused(text)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_event, "_plain_json", lambda raw: False)
+        walked = decoded_or_refused(text)
+    assert repr(fast) == repr(walked)

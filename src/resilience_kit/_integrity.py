@@ -104,6 +104,9 @@ class RecordReader:
 
     def text(self, name: str, *, empty: bool = True) -> str:
         """A text field (UTF-8 bytes are decoded); ``empty=False`` refuses ``""``."""
+        value = self._fields.get(name, _MISSING)
+        if type(value) is str and (empty or value):  # the usual case, checked at once
+            return value
         value = self._get(name)
         if isinstance(value, (bytes, bytearray, memoryview)):
             try:
@@ -125,6 +128,8 @@ class RecordReader:
     def blob(self, name: str) -> bytes:
         """A bytes field (``bytes``, ``bytearray`` or ``memoryview``)."""
         value = self._get(name)
+        if type(value) is bytes:
+            return value
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise self._wrong(name, value, "bytes")
         return bytes(value)

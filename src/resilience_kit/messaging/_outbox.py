@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from resilience_kit._checks import check_topic
-from resilience_kit.errors import ConfigurationError
+from resilience_kit.errors import ConfigurationError, EventTooLargeError
 from resilience_kit.messaging._event import DEFAULT_MAX_BYTES, Event, _check_max_bytes
 from resilience_kit.messaging._protocols import OutboxEntry, OutboxStore
 
@@ -70,7 +70,9 @@ class Outbox:
         return self._store
 
     def _entry(self, event: Event, topic: str | None) -> OutboxEntry:
-        if not isinstance(event, Event):
+        # The exact type first: pydantic's isinstance check is slower than the INSERT's
+        # own Python side (and an INSERT is what this is measured against).
+        if type(event) is not Event and not isinstance(event, Event):
             raise TypeError(f"Outbox.add takes an Event, got {type(event).__name__}")
         if topic is None:
             topic = self._topic
@@ -80,7 +82,12 @@ class Outbox:
                 )
         else:
             topic = check_topic(topic)
-        data = event.to_json(max_bytes=self._max_bytes)
+        if type(event) is Event:  # its own encoder, with the size check of to_json
+            data = event.__pydantic_serializer__.to_json(event)
+            if len(data) > self._max_bytes:
+                raise EventTooLargeError(size=len(data), max_bytes=self._max_bytes)
+        else:  # a subclass may encode itself
+            data = event.to_json(max_bytes=self._max_bytes)
         return OutboxEntry(topic, event.key, event.id, event.type, data)
 
     def add(self, connection: Any, event: Event, *, topic: str | None = None) -> None:
